@@ -1,0 +1,47 @@
+# rankbrew: `make run` runs the main job on the embedded default, `make test` runs the tests.
+# Both set everything up on a fresh machine (a .venv with the project installed).
+
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PROFILE ?= local
+STAMP   := $(VENV)/.rankbrew-installed
+
+export MLFLOW_DISABLE_TELEMETRY := true
+export RAY_USAGE_STATS_ENABLED  := 0
+
+.PHONY: setup run test lint bench mlflow-ui stages clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP)  ## create .venv and install rankbrew (fast when already done)
+
+# Reinstall only when the dependency list changes. torch==2.13.0 resolves to the CPU
+# build that lies on this kind of machine; elsewhere pip fetches it from PyPI.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+run: setup  ## run the pipeline on the embedded default (PROFILE=local)
+	$(BIN)/rankbrew run --profile $(PROFILE)
+
+test: setup  ## run the test suite (real Ray, real MLflow sqlite, real Parquet)
+	$(BIN)/python -m pytest -q
+
+lint: setup  ## ruff
+	$(BIN)/ruff check components pipelines tests benchmarks
+
+bench: setup  ## benchmarks; numbers go to docs/benchmarks.md
+	$(BIN)/python -m benchmarks.bench_data
+
+stages: setup  ## list the pipeline's stages
+	$(BIN)/rankbrew stages --profile $(PROFILE)
+
+mlflow-ui: setup  ## browse runs of the embedded default at http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/$(PROFILE)/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:  ## remove run outputs (keeps .venv)
+	rm -rf runs .pytest_cache

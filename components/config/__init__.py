@@ -1,0 +1,217 @@
+"""Typed configuration for every rankbrew stage, loaded from YAML profiles.
+
+Why pydantic with ``extra="forbid"``: a typo in a YAML profile (``memebrs: 1000``)
+must stop the run with the key's path and the fix, not be silently ignored.
+Why a content hash: stage artifacts are cached by (stage, config hash, input hashes),
+so two configs that mean the same thing must hash the same and any change must not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROFILE_DIR = Path(__file__).resolve().parents[2] / "pipelines" / "configs"
+
+
+class ConfigError(ValueError):
+    """A profile that cannot be used; the message names the key and the fix."""
+
+
+class StrictModel(BaseModel):
+    """Base for all configs: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunConfig(StrictModel):
+    """Where a pipeline run writes and how it is tracked."""
+
+    name: str = Field("rankbrew", description="Pipeline name; also the MLflow experiment name.")
+    work_dir: Path = Field(
+        Path("runs/local"),
+        description="Artifacts, caches and the default MLflow store live here (relative paths "
+        "are resolved against the directory the command is run from).",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None, description="Defaults to sqlite:///<work_dir>/mlflow.db (absolute, so Ray workers agree)."
+    )
+    seed: int = 0
+
+
+class RayConfig(StrictModel):
+    """How to reach Ray: ``address: null`` starts a local Ray for the run."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(None, description="CPUs for a local Ray (default: all).")
+
+
+class SyntheticWorldConfig(StrictModel):
+    """Size and shape of the synthetic professional world (see docs/synthetic-world.md)."""
+
+    members: int = Field(1000, ge=1)
+    companies: int = Field(200, ge=1)
+    jobs: int = Field(2000, ge=1)
+    posts: int = Field(3000, ge=1)
+    courses: int = Field(500, ge=1)
+    days: int = Field(180, ge=7, description="Length of the simulated period.")
+    start_date: datetime = datetime(2026, 1, 1)
+    members_per_file: int = Field(
+        50_000, ge=1, description="Members per output chunk; bounds memory at any scale."
+    )
+    seed: int = 0
+
+
+class MovieLensConfig(StrictModel):
+    """MovieLens-100K in its original files (u.data, u.user, u.item, u.genre, u.occupation)."""
+
+    path: Path = Path("../shared/data/ml-100k")
+
+
+class MappingSourceConfig(StrictModel):
+    """Onboard any CSV/Parquet/JSON-lines logs with a column-mapping YAML (no code)."""
+
+    spec: Path
+
+
+class DataConfig(StrictModel):
+    """Which dataset feeds the pipeline and which actions are legal in it."""
+
+    source: Literal["synthetic", "movielens", "mapping"] = "synthetic"
+    synthetic: SyntheticWorldConfig = SyntheticWorldConfig()
+    movielens: MovieLensConfig = MovieLensConfig()
+    mapping: MappingSourceConfig | None = None
+    actions: list[str] | None = Field(
+        None,
+        description="Legal action values; rows with any other action are quarantined. "
+        "Default: the source's own action vocabulary.",
+    )
+
+    @model_validator(mode="after")
+    def _mapping_needs_spec(self) -> DataConfig:
+        if self.source == "mapping" and self.mapping is None:
+            raise ValueError("data.source is 'mapping' but data.mapping.spec is not set: "
+                             "add `mapping: {spec: path/to/mapping.yaml}` under `data`")
+        return self
+
+
+class SplitConfig(StrictModel):
+    """Temporal train/validation/test split.
+
+    ``method: fraction`` puts the cutoffs at quantiles of event time (the last
+    ``test_fraction`` of events is test); ``method: date`` uses explicit dates.
+    Members and items first seen at or after the validation cutoff are *cold*.
+    """
+
+    method: Literal["fraction", "date"] = "fraction"
+    valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    valid_start: datetime | None = None
+    test_start: datetime | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SplitConfig:
+        if self.method == "fraction" and self.valid_fraction + self.test_fraction >= 1.0:
+            raise ValueError("split.valid_fraction + split.test_fraction must be < 1 "
+                             "(something must be left for training)")
+        if self.method == "date":
+            if self.valid_start is None or self.test_start is None:
+                raise ValueError("split.method is 'date': set both split.valid_start and split.test_start")
+            if self.valid_start > self.test_start:
+                raise ValueError("split.valid_start must not be after split.test_start")
+        return self
+
+
+class PipelineConfig(StrictModel):
+    """A whole profile (one YAML file in pipelines/configs/)."""
+
+    run: RunConfig = RunConfig()
+    ray: RayConfig = RayConfig()
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+
+
+def config_hash(model: BaseModel | dict[str, Any], length: int = 16) -> str:
+    """Stable content hash: same meaning, same hash, across processes and machines.
+
+    Paths are hashed as written (not resolved), so moving a checkout keeps caches valid.
+    """
+    payload = model.model_dump(mode="json") if isinstance(model, BaseModel) else model
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{where}': remove it or fix its spelling "
+                         f"(see the fields of {_owner_hint(e['loc'])})")
+        else:
+            lines.append(f"  - {where}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _owner_hint(loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] = PipelineConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            break
+    return f"{model.__name__}: {', '.join(model.model_fields)}"
+
+
+def resolve_profile_path(profile: str | Path) -> Path:
+    """A profile name (``local``) or a path to a YAML file."""
+    p = Path(profile)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    candidate = PROFILE_DIR / f"{profile}.yaml"
+    if candidate.exists():
+        return candidate
+    known = sorted(x.stem for x in PROFILE_DIR.glob("*.yaml"))
+    raise ConfigError(f"profile '{profile}' not found: give a YAML path or one of {known}")
+
+
+def load_config(profile: str | Path = "local", overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load a profile and apply dotted overrides (``{"data.synthetic.members": 500}``)."""
+    path = resolve_profile_path(profile)
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, str(path))) from None
+
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "MappingSourceConfig",
+    "MovieLensConfig",
+    "PipelineConfig",
+    "RayConfig",
+    "RunConfig",
+    "SplitConfig",
+    "StrictModel",
+    "SyntheticWorldConfig",
+    "config_hash",
+    "load_config",
+]

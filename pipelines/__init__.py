@@ -1,0 +1,1 @@
+"""rankbrew pipelines: Ray DAGs that wire the components; YAML profiles in ``configs/``."""

@@ -1,0 +1,371 @@
+"""The stage graph and its Ray runner, with a content-addressed artifact cache.
+
+Design (see docs/pipelines.md):
+
+* A :class:`Stage` is a plain function ``run(ctx) -> metrics`` plus its upstream stage
+  names and the config sections that change its output.
+* :func:`run_pipeline` submits every stage as a ``@ray.remote`` task and passes the
+  upstream ``ObjectRef``s as arguments, so Ray resolves the dependencies and runs
+  independent branches in parallel. (Ray Workflows is gone and ``DAGNode.execute()`` is
+  deprecated in Ray 2.60; plain tasks + ObjectRefs are the stable core API.)
+* A stage's output is a directory ``<work_dir>/artifacts/<stage>/<key>`` where
+  ``key = hash(stage, its config sections, upstream keys, external-input fingerprint)``.
+  The directory is built under a temporary name and renamed when the stage succeeds,
+  so a crashed stage leaves no half-written artifact: the rerun skips every finished
+  stage (and says so) and resumes at the one that failed.
+* MLflow: one parent run per pipeline run (created by the driver), one child run per
+  stage (created by the stage's Ray task, so long stages can log curves live), tagged
+  with git sha, config hash and stage key. Cached stages get a child run tagged
+  ``rankbrew.cached=true`` carrying the metrics of the run that built the artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+from typing import Any
+
+from components import tracking
+from components.config import PipelineConfig, config_hash
+
+MANIFEST = "_rankbrew_manifest.json"
+
+
+@dataclass
+class StageContext:
+    """What a stage function gets: its config, where to write, and its inputs' paths."""
+
+    stage: str
+    cfg: PipelineConfig
+    out_dir: Path
+    inputs: dict[str, Path]
+    mlflow_run_id: str | None = None
+
+    def log(self, message: str) -> None:
+        print(f"[{self.stage}] {message}", flush=True)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log intermediate metrics to the stage's MLflow run (no-op without MLflow)."""
+        if self.mlflow_run_id is None:
+            return
+        import mlflow
+
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if self.mlflow_run_id is None:
+            return
+        import mlflow
+
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+StageFn = Callable[[StageContext], Mapping[str, float] | None]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One node of the pipeline.
+
+    ``config_keys`` are dotted paths into :class:`PipelineConfig` whose values change
+    this stage's output (and only those: a change elsewhere must not invalidate it).
+    ``fingerprint`` hashes external inputs (source files) the config does not capture.
+    """
+
+    name: str
+    run: StageFn
+    deps: tuple[str, ...] = ()
+    config_keys: tuple[str, ...] = ()
+    fingerprint: Callable[[PipelineConfig], str] | None = None
+    num_cpus: float = 1.0
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a finished stage hands downstream (through its ObjectRef) and to the driver."""
+
+    name: str
+    key: str
+    path: Path
+    cached: bool
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+
+
+class PipelineError(RuntimeError):
+    """A stage failed; the message names it and how to resume."""
+
+
+class Pipeline:
+    """A validated, topologically ordered set of stages."""
+
+    def __init__(self, name: str, stages: Iterable[Stage]):
+        self.name = name
+        self.stages: dict[str, Stage] = {}
+        for s in stages:
+            if s.name in self.stages:
+                raise ValueError(f"pipeline '{name}': stage name '{s.name}' is used twice")
+            self.stages[s.name] = s
+        for s in self.stages.values():
+            missing = [d for d in s.deps if d not in self.stages]
+            if missing:
+                raise ValueError(
+                    f"pipeline '{name}': stage '{s.name}' depends on unknown stage(s) {missing}; "
+                    f"known: {list(self.stages)}"
+                )
+        try:
+            self.order = list(
+                TopologicalSorter({s.name: s.deps for s in self.stages.values()}).static_order()
+            )
+        except CycleError as err:
+            raise ValueError(f"pipeline '{name}' has a dependency cycle: {err.args[1]}") from None
+
+    def downstream_of(self, names: Iterable[str]) -> set[str]:
+        """The named stages and every stage that depends on them, transitively."""
+        out = set(names)
+        for n in self.order:
+            if any(d in out for d in self.stages[n].deps):
+                out.add(n)
+        return out
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def select_config(cfg: PipelineConfig, keys: Iterable[str]) -> dict[str, Any]:
+    """The config sections a stage depends on, as plain JSON-able data."""
+    dumped = cfg.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for dotted in keys:
+        node: Any = dumped
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise KeyError(f"stage config key '{dotted}' is not a field of the pipeline config")
+            node = node[part]
+        out[dotted] = node
+    return out
+
+
+def stage_key(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, str]) -> str:
+    """hash(stage name, its config sections, upstream keys, external fingerprint)."""
+    payload = {
+        "stage": stage.name,
+        "config": select_config(cfg, stage.config_keys),
+        "inputs": dict(sorted(upstream.items())),
+        "external": stage.fingerprint(cfg) if stage.fingerprint else None,
+    }
+    return config_hash(payload)
+
+
+def fingerprint_paths(paths: Iterable[Path]) -> str:
+    """Cheap content identity of source files: path, size and modification time."""
+    items = []
+    for p in sorted(Path(x) for x in paths):
+        st = p.stat()
+        items.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+    return config_hash({"files": items})
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Driver-side facts every stage task needs."""
+
+    artifacts_root: Path
+    tracking_uri: str | None
+    experiment_id: str | None
+    parent_run_id: str | None
+    tags: dict[str, str]
+    force: frozenset[str] = frozenset()
+
+
+def execute_stage(stage: Stage, cfg: PipelineConfig, info: RunInfo, *upstream: StageResult) -> StageResult:
+    """Run one stage, or reuse its artifact; usable with or without Ray."""
+    t0 = time.perf_counter()
+    inputs = {r.name: r.path for r in upstream}
+    key = stage_key(stage, cfg, {r.name: r.key for r in upstream})
+    final = info.artifacts_root / stage.name / key
+    manifest_path = final / MANIFEST
+    cached = manifest_path.exists() and stage.name not in info.force
+    tags = {
+        **info.tags,
+        tracking.TAG_STAGE: stage.name,
+        tracking.TAG_STAGE_KEY: key,
+        tracking.TAG_CACHED: str(cached).lower(),
+        tracking.TAG_KIND: "stage",
+    }
+
+    def body(run_id: str | None) -> StageResult:
+        if cached:
+            manifest = json.loads(manifest_path.read_text())
+            metrics = manifest.get("metrics", {})
+            print(f"[{stage.name}] cached: reusing {final} (key {key})", flush=True)
+        else:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            for stale in final.parent.glob(f"{key}.partial-*"):
+                shutil.rmtree(stale, ignore_errors=True)  # left by a crashed attempt
+            tmp = final.parent / f"{key}.partial-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir()
+            ctx = StageContext(stage.name, cfg, tmp, inputs, run_id)
+            ctx.log(f"running (key {key})")
+            metrics = {k: float(v) for k, v in (stage.run(ctx) or {}).items()}
+            manifest = {
+                "stage": stage.name,
+                "key": key,
+                "inputs": {r.name: str(r.path) for r in upstream},
+                "config": select_config(cfg, stage.config_keys),
+                "metrics": metrics,
+                "seconds": time.perf_counter() - t0,
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+            if final.exists():  # a forced rerun replaces the old artifact
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        seconds = time.perf_counter() - t0
+        if run_id is not None:
+            import mlflow
+
+            mlflow.log_params(tracking.flatten(select_config(cfg, stage.config_keys)))
+            mlflow.log_metrics({**metrics, "stage_seconds": seconds})
+        if not cached:
+            print(f"[{stage.name}] done in {seconds:.1f}s -> {final}", flush=True)
+        return StageResult(stage.name, key, final, cached, seconds, metrics, run_id)
+
+    if info.tracking_uri is None or info.parent_run_id is None:
+        return body(None)
+    tracking.configure(info.tracking_uri)
+    with tracking.child_run(info.parent_run_id, info.experiment_id, stage.name, tags) as run:
+        return body(run.info.run_id)
+
+
+def _ray_init(cfg: PipelineConfig, env: dict[str, str]) -> bool:
+    """Start (or join) Ray; returns True when this call started it."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "runtime_env": {"env_vars": env},
+    }
+    if cfg.ray.address:
+        kwargs["address"] = cfg.ray.address
+    elif cfg.ray.num_cpus:
+        kwargs["num_cpus"] = cfg.ray.num_cpus
+    ray.init(**kwargs)
+    return True
+
+
+@dataclass
+class PipelineRun:
+    """The outcome of :func:`run_pipeline`."""
+
+    results: dict[str, StageResult]
+    work_dir: Path
+    tracking_uri: str
+    parent_run_id: str
+    experiment: str
+
+    def summary_lines(self) -> list[str]:
+        lines = []
+        for r in self.results.values():
+            state = "cached" if r.cached else f"ran {r.seconds:.1f}s"
+            lines.append(f"  {r.name:<12} {state:<12} {r.path}")
+        return lines
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    cfg: PipelineConfig,
+    *,
+    profile: str = "custom",
+    force: Iterable[str] = (),
+    stop_after: str | None = None,
+) -> PipelineRun:
+    """Run the pipeline on Ray, tracked in MLflow; finished stages are reused.
+
+    ``force`` reruns the named stages and everything downstream of them.
+    ``stop_after`` runs only that stage and its ancestors.
+    """
+    import ray
+
+    unknown = [s for s in [*force, *([stop_after] if stop_after else [])] if s not in pipeline.stages]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; stages are {pipeline.order}")
+    work_dir = cfg.run.work_dir.resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    uri = cfg.run.mlflow_tracking_uri or tracking.default_tracking_uri(work_dir)
+    tracking.configure(uri)
+    import mlflow
+
+    exp_id = tracking.experiment_id(cfg.run.name, artifact_root=work_dir / "mlartifacts")
+    chash = config_hash(cfg)
+    tags = {tracking.TAG_GIT_SHA: tracking.git_sha(), tracking.TAG_CONFIG_HASH: chash,
+            tracking.TAG_PROFILE: profile}
+    selected = pipeline.order
+    if stop_after:
+        needed = {stop_after}
+        for n in reversed(pipeline.order):
+            if n in needed:
+                needed.update(pipeline.stages[n].deps)
+        selected = [n for n in pipeline.order if n in needed]
+
+    env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    started_ray = _ray_init(cfg, env)
+    parent = mlflow.start_run(experiment_id=exp_id, run_name=f"{cfg.run.name}-{profile}",
+                              tags={**tags, tracking.TAG_KIND: "pipeline"})
+    try:
+        mlflow.log_params(tracking.flatten(cfg.model_dump(mode="json")))
+        info = RunInfo(
+            artifacts_root=work_dir / "artifacts",
+            tracking_uri=uri,
+            experiment_id=exp_id,
+            parent_run_id=parent.info.run_id,
+            tags=tags,
+            force=frozenset(pipeline.downstream_of(force)),
+        )
+        remote = ray.remote(execute_stage)
+        refs: dict[str, Any] = {}
+        for name in selected:
+            st = pipeline.stages[name]
+            refs[name] = remote.options(num_cpus=st.num_cpus, name=f"stage:{name}", max_retries=0).remote(
+                st, cfg, info, *[refs[d] for d in st.deps]
+            )
+        results: dict[str, StageResult] = {}
+        pending = {ref: name for name, ref in refs.items()}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            name = pending.pop(done[0])
+            try:
+                results[name] = ray.get(done[0])
+            except Exception as exc:
+                raise PipelineError(
+                    f"stage '{name}' failed: {exc}\nFinished stages are cached under "
+                    f"{info.artifacts_root}; rerun the same command to resume at '{name}'."
+                ) from exc
+        mlflow.log_metrics({f"{n}.seconds": r.seconds for n, r in results.items()})
+        mlflow.log_metrics({f"{n}.cached": float(r.cached) for n, r in results.items()})
+        mlflow.end_run("FINISHED")
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    finally:
+        if started_ray:
+            ray.shutdown()
+    ordered = {n: results[n] for n in selected}
+    return PipelineRun(ordered, work_dir, uri, parent.info.run_id, cfg.run.name)
