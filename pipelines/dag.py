@@ -354,8 +354,9 @@ def run_pipeline(
             try:
                 results[name] = ray.get(done[0])
             except Exception as exc:
+                cause = getattr(exc, "cause", None) or exc  # RayTaskError wraps the original
                 raise PipelineError(
-                    f"stage '{name}' failed: {exc}\nFinished stages are cached under "
+                    f"stage '{name}' failed: {type(cause).__name__}: {cause}\nFinished stages are cached under "
                     f"{info.artifacts_root}; rerun the same command to resume at '{name}'."
                 ) from exc
         mlflow.log_metrics({f"{n}.seconds": r.seconds for n, r in results.items()})

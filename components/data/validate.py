@@ -189,13 +189,23 @@ def _parse_timestamp(df: pl.DataFrame, col: str) -> tuple[pl.Series, pl.Series]:
     return parsed.alias(col), present
 
 
+ISO_FORMATS = (
+    "%Y-%m-%dT%H:%M:%S%.f%z",
+    "%Y-%m-%d %H:%M:%S%.f%z",
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%d",
+)
+
+
 def _parse_iso(s: pl.Series) -> pl.Series:
-    text = s.str.strip_chars()
-    with_tz = text.str.to_datetime(strict=False, time_zone="UTC", time_unit="us")
-    if with_tz.null_count() > text.null_count():
-        naive = text.str.to_datetime(strict=False, time_unit="us").dt.replace_time_zone("UTC")
-        with_tz = with_tz.fill_null(naive)
-    return with_tz.cast(PL_TIMESTAMP)
+    """ISO-8601 text, row by row: each row may use its own variant (offset, 'Z', naive,
+    date only), which polars' one-format-per-column inference would turn into nulls."""
+    text = s.cast(pl.Utf8).str.strip_chars().str.replace(r"Z$", "+00:00")
+    parsed = [
+        text.str.to_datetime(f, strict=False, time_unit="us", time_zone="UTC") for f in ISO_FORMATS
+    ]
+    return pl.select(pl.coalesce(parsed)).to_series().cast(PL_TIMESTAMP).alias(s.name)
 
 
 def _first_reason(conditions: Iterable[tuple[pl.Expr, str]]) -> pl.Expr:

@@ -1,0 +1,1 @@
+"""Canonical data: schemas, validation with quarantine, synthetic world, adapters, splits."""
