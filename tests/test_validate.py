@@ -137,3 +137,17 @@ def test_corrupt_file_stops_with_its_name(tmp_path):
     corrupt.write_bytes(b"PAR1 this is not really parquet")
     with pytest.raises(SchemaError, match=r"part-00001\.parquet: not a readable Parquet file"):
         validate_dataset(src, tmp_path / "out", ACTIONS)
+
+
+def test_adapter_provenance_marks_unparsable_created_at(tmp_path):
+    src = _dataset(tmp_path)
+    items = pl.DataFrame({
+        "item_id": ["j1", "j2"], "item_type": ["job", "job"], "title": ["a", "b"],
+        "created_at": [T0, None], "_raw_created_at": [None, "31/02/2026"],
+    })
+    write_table(items, src / "items")
+    report = validate_dataset(src, tmp_path / "out", ACTIONS)
+    assert report.tables["items"].quarantined == {"unparsable_created_at": 1}
+    assert "_raw_created_at" not in read_table(tmp_path / "out", "items").columns
+    q = read_table(tmp_path / "out" / "quarantine", "items")
+    assert q["_raw_created_at"].to_list() == ["31/02/2026"]

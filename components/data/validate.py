@@ -268,9 +268,12 @@ def validate_entities(
         if table is ITEMS:
             df = df.with_columns(pl.col("item_type").cast(pl.Utf8).str.strip_chars())
             if "created_at" in df.columns:
+                present = pl.col("created_at").is_not_null()
+                if "_raw_created_at" in df.columns:  # the adapter already failed to parse it
+                    present = present | pl.col("_raw_created_at").is_not_null()
                 df = df.with_columns(
                     _parse_timestamp(df, "created_at")[0].alias("__created"),
-                    pl.col("created_at").is_not_null().alias("__created_present"),
+                    present.alias("__created_present"),
                 )
         frames.append((path, df))
 
