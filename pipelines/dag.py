@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from components import tracking
-from components.config import PipelineConfig, config_hash
+from components.config import PipelineConfig, config_hash, with_absolute_paths
 
 MANIFEST = "_rankbrew_manifest.json"
 
@@ -307,7 +307,8 @@ def run_pipeline(
     unknown = [s for s in [*force, *([stop_after] if stop_after else [])] if s not in pipeline.stages]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages are {pipeline.order}")
-    work_dir = cfg.run.work_dir.resolve()
+    cfg = with_absolute_paths(cfg)
+    work_dir = cfg.run.work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
     uri = cfg.run.mlflow_tracking_uri or tracking.default_tracking_uri(work_dir)
     tracking.configure(uri)

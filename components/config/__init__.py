@@ -137,6 +137,26 @@ class PipelineConfig(StrictModel):
     split: SplitConfig = SplitConfig()
 
 
+def with_absolute_paths(cfg: PipelineConfig, base: Path | None = None) -> PipelineConfig:
+    """Resolve relative paths against ``base`` (default: the current directory).
+
+    Done once on the driver: Ray workers run in other directories, so a relative path
+    would mean something else there.
+    """
+    base = Path(base or Path.cwd())
+
+    def absolute(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p).resolve()
+
+    data = cfg.data.model_copy(update={
+        "movielens": cfg.data.movielens.model_copy(update={"path": absolute(cfg.data.movielens.path)}),
+        "mapping": cfg.data.mapping.model_copy(update={"spec": absolute(cfg.data.mapping.spec)})
+        if cfg.data.mapping else None,
+    })
+    run = cfg.run.model_copy(update={"work_dir": absolute(cfg.run.work_dir)})
+    return cfg.model_copy(update={"data": data, "run": run})
+
+
 def config_hash(model: BaseModel | dict[str, Any], length: int = 16) -> str:
     """Stable content hash: same meaning, same hash, across processes and machines.
 
@@ -214,4 +234,5 @@ __all__ = [
     "SyntheticWorldConfig",
     "config_hash",
     "load_config",
+    "with_absolute_paths",
 ]

@@ -1,0 +1,89 @@
+"""Tokenizer for the embedded default: a byte-level BPE trained on the promptified text.
+
+Why train one: model weights cannot be downloaded here, so the tiny models are trained
+from scratch, and a vocabulary fitted to our own prompts keeps sequences short. Any
+local Hugging Face tokenizer directory can be used instead (``load_tokenizer``).
+
+The answer tokens (" Yes" / " No") must each be exactly one token: a score is read
+from the two label rows of the LM head at one position, so a label split into pieces
+cannot be scored. Training adds them to the vocabulary; loading checks them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+ANSWER_YES = " Yes"
+ANSWER_NO = " No"
+SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer that cannot be used for scoring; the message says why and the fix."""
+
+
+def train_bpe_tokenizer(
+    texts: Iterable[str], vocab_size: int, out_dir: Path, min_frequency: int = 2
+) -> Path:
+    """Train a byte-level BPE on ``texts``; save it as a Hugging Face tokenizer directory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+
+    def stream() -> Iterator[str]:
+        # The answers are in every training prompt, but make sure they become tokens even
+        # on a tiny corpus: repeat them so BPE merges them whole.
+        yield from ((ANSWER_YES + ANSWER_NO) * 8 for _ in range(64))
+        yield from texts
+
+    tok.train_from_iterator(stream(), trainer=trainer)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=SPECIAL_TOKENS[0], pad_token=SPECIAL_TOKENS[1]
+    )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(out_dir)
+    answer_token_ids(hf)  # fail now, not at scoring time
+    return out_dir
+
+
+def load_tokenizer(path: Path):
+    """Any local Hugging Face tokenizer directory; answer tokens are checked."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not path.exists():
+        raise TokenizerError(f"tokenizer path {path} does not exist: give a local HF tokenizer directory")
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    answer_token_ids(tok)
+    return tok
+
+
+def answer_token_ids(tok, yes: str = ANSWER_YES, no: str = ANSWER_NO) -> tuple[int, int]:
+    """Ids of the yes/no answer tokens; an error if either is not a single token."""
+    ids = []
+    for text in (yes, no):
+        pieces = tok.encode(text, add_special_tokens=False)
+        if len(pieces) != 1:
+            raise TokenizerError(
+                f"answer {text!r} is {len(pieces)} tokens {pieces} in this tokenizer, must be 1: "
+                f"choose answers that are single tokens (check with tok.encode) or train the "
+                f"tokenizer with them (components.promptify.tokenizer.train_bpe_tokenizer)"
+            )
+        ids.append(pieces[0])
+    if ids[0] == ids[1]:
+        raise TokenizerError(f"answers {yes!r} and {no!r} map to the same token id {ids[0]}")
+    return ids[0], ids[1]
