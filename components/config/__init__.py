@@ -128,6 +128,39 @@ class SplitConfig(StrictModel):
         return self
 
 
+class TokenizerConfig(StrictModel):
+    """Train a byte-level BPE on the verbalized corpus, or load a local HF tokenizer."""
+
+    path: Path | None = Field(None, description="A local Hugging Face tokenizer directory; "
+                              "null trains one on the corpus.")
+    vocab_size: int = Field(4096, ge=300)
+    sample_texts: int = Field(50_000, ge=100, description="Texts sampled to train the BPE.")
+
+
+class PromptifyConfig(StrictModel):
+    """How interactions become prompts (see docs/promptify.md)."""
+
+    tasks: list[Path] | None = Field(None, description="Task YAML files; default: the built-in registry.")
+    domain: str | None = Field(None, description="Task domain to use; default from data.source "
+                               "(synthetic -> professional, movielens -> movielens).")
+    styles: list[Literal["markdown", "compact", "narrative"]] = ["markdown", "compact", "narrative"]
+    eval_style: Literal["markdown", "compact", "narrative"] = "markdown"
+    history_token_budget: int = Field(384, ge=16, description="Real tokenizer tokens for the history.")
+    history_exclude_actions: list[str] = Field(
+        ["impression"], description="Actions left out of histories (shown-but-ignored rows "
+        "would fill the budget with little signal)."
+    )
+    max_field_words: int = Field(40, ge=1, description="Per-field truncation of item/profile text.")
+    questions_per_prompt: int = Field(8, ge=1, description="Training questions sharing one prefix.")
+    negatives_per_positive: float = Field(2.0, ge=0.0, description="Training: logged negatives kept per positive.")
+    sampled_negatives: int = Field(4, ge=0, description="Sampled negatives per prompt for tasks that sample.")
+    hard_negatives: bool = Field(True, description="Sample negatives among items shown on the same surface.")
+    max_prompts_per_member_task: int = Field(4, ge=1, description="Training prompts per (member, task).")
+    max_eval_candidates: int = Field(50, ge=2)
+    blocks: int = Field(8, ge=1, description="Member partitions for the Ray Data job.")
+    seed: int = 0
+
+
 class PipelineConfig(StrictModel):
     """A whole profile (one YAML file in pipelines/configs/)."""
 
@@ -135,6 +168,8 @@ class PipelineConfig(StrictModel):
     ray: RayConfig = RayConfig()
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    promptify: PromptifyConfig = PromptifyConfig()
 
 
 def with_absolute_paths(cfg: PipelineConfig, base: Path | None = None) -> PipelineConfig:
@@ -227,6 +262,8 @@ __all__ = [
     "MappingSourceConfig",
     "MovieLensConfig",
     "PipelineConfig",
+    "PromptifyConfig",
+    "TokenizerConfig",
     "RayConfig",
     "RunConfig",
     "SplitConfig",

@@ -1,0 +1,346 @@
+"""Training and evaluation examples: (member, task, cutoff) -> prefix, candidates, labels.
+
+Two steps, so that the expensive part scales out:
+
+1. :func:`prepare_member_table` (Polars, vectorized): label every event for every task
+   it answers (a join against the task table, not a loop), verbalize every event and
+   item once, and group everything by member into list columns. One row = one member's
+   whole story, so any batching of rows (Ray Data blocks) keeps members whole.
+2. :class:`PromptBuilder` (called per batch of member rows, e.g. by Ray Data
+   ``map_batches``): cut each question's history at its cutoff (strictly earlier
+   events only), fit it to the token budget, and assemble the prompt text.
+
+Leakage rule: an example's history holds only events with ``timestamp < cutoff``, and
+its cutoff is the time of its earliest question. Nothing at or after it can appear.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from components.config import PromptifyConfig
+from components.promptify.budget import count_tokens, fit_to_budget
+from components.promptify.tasks import TaskSpec
+from components.promptify.verbalize import (
+    STYLES,
+    PromptPieces,
+    event_lines,
+    item_texts,
+    profile_texts,
+    render_candidate,
+    render_history,
+    render_prefix,
+)
+
+SPLITS = ("train", "valid", "test")
+
+
+def task_action_table(tasks: Sequence[TaskSpec]) -> pl.DataFrame:
+    """One row per (task, action that it labels): role pos/neg, surface filter, value rule."""
+    rows = []
+    for t in tasks:
+        for a in t.positive_actions:
+            rows.append((t.id, t.item_type, t.surface, a, "pos",
+                         t.label_value.at_least if t.label_value else None,
+                         t.label_value.at_most if t.label_value else None))
+        for a in t.negative_actions:
+            rows.append((t.id, t.item_type, t.surface, a, "neg", None, None))
+    return pl.DataFrame(
+        rows,
+        schema={"task_id": pl.Utf8, "item_type": pl.Utf8, "task_surface": pl.Utf8,
+                "action": pl.Utf8, "role": pl.Utf8, "at_least": pl.Float64, "at_most": pl.Float64},
+        orient="row",
+    )
+
+
+def label_events(events: pl.DataFrame, tasks: Sequence[TaskSpec]) -> pl.DataFrame:
+    """Every (event, task) pair the event answers, with its 0/1 label.
+
+    ``events`` needs member_id, item_id, item_type, surface, action, timestamp, split and
+    optionally value. Value-rule tasks (ratings) label by the rule, others by role.
+    """
+    table = task_action_table(tasks)
+    j = events.join(table, on=["item_type", "action"], how="inner").filter(
+        pl.col("task_surface").is_null() | (pl.col("task_surface") == pl.col("surface"))
+    )
+    value = pl.col("value") if "value" in j.columns else pl.lit(None, dtype=pl.Float64)
+    rule = (
+        (pl.col("at_least").is_null() | (value >= pl.col("at_least")))
+        & (pl.col("at_most").is_null() | (value <= pl.col("at_most")))
+    )
+    has_rule = pl.col("at_least").is_not_null() | pl.col("at_most").is_not_null()
+    label = pl.when(has_rule).then(rule.fill_null(False)).otherwise(pl.col("role") == "pos")
+    return j.select(
+        "member_id", "task_id", "item_id", "timestamp", "split", label.cast(pl.Int8).alias("label")
+    )
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Where :func:`prepare_member_table` wrote its outputs."""
+
+    members_dir: Path      # member rows with list columns (input of the Ray Data job)
+    items_text: Path       # item_id, item_type, full_<style>
+    item_pools: Path       # item_id, item_type, surface, created_at, popularity
+
+
+def prepare_member_table(
+    split_dir: Path, tasks: Sequence[TaskSpec], cfg: PromptifyConfig, out_dir: Path
+) -> tuple[PreparedData, dict[str, float]]:
+    """Vectorized preparation: labels, verbalized events and items, one row per member."""
+    split_dir, out_dir = Path(split_dir), Path(out_dir)
+    members = pl.read_parquet(split_dir / "members")
+    items = pl.read_parquet(split_dir / "items")
+    inter = pl.read_parquet(split_dir / "interactions").join(
+        items.select("item_id", "item_type"), on="item_id", how="left"
+    )
+    itext = item_texts(items, max_field_words=cfg.max_field_words)
+    prof = profile_texts(members, max_field_words=cfg.max_field_words)
+
+    hist = inter.filter(~pl.col("action").is_in(cfg.history_exclude_actions))
+    keep = ["member_id", "item_id", "action", "timestamp"] + (["value"] if "value" in hist.columns else [])
+    lines = event_lines(hist.select(keep), itext).sort(["member_id", "timestamp", "item_id"])
+    hist_lists = lines.group_by("member_id", maintain_order=True).agg(
+        pl.col("timestamp").alias("hist_time"),
+        pl.col("action").alias("hist_action"),
+        *[pl.col(f"line_{s}").alias(f"hist_{s}") for s in STYLES],
+    )
+    labeled = label_events(inter, tasks).sort(["member_id", "task_id", "timestamp", "item_id"])
+    cand_lists = labeled.group_by("member_id", maintain_order=True).agg(
+        pl.col("task_id").alias("cand_task"),
+        pl.col("item_id").alias("cand_item"),
+        pl.col("timestamp").alias("cand_time"),
+        pl.col("split").alias("cand_split"),
+        pl.col("label").alias("cand_label"),
+    )
+    table = (
+        prof.join(cand_lists, on="member_id", how="inner")  # no question, no prompt
+        .join(hist_lists, on="member_id", how="left")
+        .with_columns(
+            (pl.col("member_id").hash(seed=7) % cfg.blocks).alias("__block")
+        )
+    )
+    mdir = out_dir / "member_rows"
+    mdir.mkdir(parents=True, exist_ok=True)
+    for b in range(cfg.blocks):
+        part = table.filter(pl.col("__block") == b).drop("__block").sort("member_id")
+        if part.height:
+            part.write_parquet(mdir / f"part-{b:05d}.parquet")
+    itext_path = out_dir / "items_text.parquet"
+    itext.select("item_id", "item_type", *[f"full_{s}" for s in STYLES]).write_parquet(itext_path)
+    pop = inter.filter(pl.col("split") == "train").group_by("item_id", "surface").len("popularity")
+    created = items.select(
+        "item_id", "item_type",
+        (pl.col("created_at") if "created_at" in items.columns
+         else pl.lit(None, dtype=pl.Datetime("us", "UTC"))).alias("created_at"),
+    )
+    pools = created.join(pop, on="item_id", how="left").with_columns(
+        pl.col("popularity").fill_null(0), pl.col("surface").fill_null("")
+    )
+    pools_path = out_dir / "item_pools.parquet"
+    pools.write_parquet(pools_path)
+    stats = {
+        "prepare.members_in": float(members.height),
+        "prepare.members_with_questions": float(table.height),
+        "prepare.events_in": float(inter.height),
+        "prepare.history_events": float(hist.height),
+        "prepare.labeled_events": float(labeled.height),
+    }
+    return PreparedData(mdir, itext_path, pools_path), stats
+
+
+OUTPUT_SCHEMA = pa.schema([
+    ("example_id", pa.string()),
+    ("member_id", pa.string()),
+    ("task_id", pa.string()),
+    ("split", pa.string()),
+    ("held_out", pa.bool_()),
+    ("cutoff", pa.timestamp("us", tz="UTC")),
+    ("style", pa.string()),
+    ("prefix", pa.string()),
+    ("candidates", pa.list_(pa.string())),
+    ("candidate_item_ids", pa.list_(pa.string())),
+    ("labels", pa.list_(pa.int8())),
+    ("n_prior_events", pa.int32()),
+    ("n_history_kept", pa.int32()),
+    ("history_tokens", pa.int32()),
+    ("n_sampled_negatives", pa.int32()),
+])
+
+
+class PromptBuilder:
+    """Builds the prompts of a batch of member rows; a Ray Data callable class.
+
+    Holds the tokenizer, item texts and negative-sampling pools, loaded once per worker.
+    Every random choice uses a generator seeded by (seed, member id), so the output does
+    not depend on how members are batched or how many workers run.
+    """
+
+    def __init__(self, tokenizer_dir: str, prepared: PreparedData, tasks: Sequence[TaskSpec],
+                 cfg: PromptifyConfig):
+        from components.promptify.tokenizer import load_tokenizer
+
+        self.tok = load_tokenizer(Path(tokenizer_dir))
+        self.cfg = cfg
+        self.tasks = {t.id: t for t in tasks}
+        it = pl.read_parquet(prepared.items_text)
+        self.item_type = dict(zip(it["item_id"], it["item_type"], strict=True))
+        self.item_text = {s: dict(zip(it["item_id"], it[f"full_{s}"], strict=True)) for s in STYLES}
+        self.pools = self._pools(pl.read_parquet(prepared.item_pools))
+
+    def _pools(self, pools: pl.DataFrame) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(item_type, surface or '') -> (ids, created_at as int64 us, weights), sorted by created_at."""
+        out = {}
+        per_item = pools.group_by("item_id", "item_type").agg(
+            pl.col("created_at").first(), pl.col("popularity").sum()
+        )
+        groups = [(k, g) for k, g in per_item.group_by("item_type")]
+        for (itype,), g in groups:
+            out[(itype, "")] = g
+        for (itype, surface), g in pools.filter(pl.col("surface") != "").group_by("item_type", "surface"):
+            out[(itype, surface)] = g
+        arrays = {}
+        for key, g in out.items():
+            g = g.sort("created_at", nulls_last=False)
+            created = g["created_at"].dt.epoch("us").fill_null(np.iinfo(np.int64).min).to_numpy()
+            w = g["popularity"].to_numpy().astype(np.float64) + 1.0  # add-one: new items can appear
+            arrays[key] = (g["item_id"].to_numpy(), created, w)
+        return arrays
+
+    # ------------------------------------------------------------------ sampling
+    def _sample_negatives(self, rng: np.random.Generator, task: TaskSpec, surface: str | None,
+                          cutoff_us: int, exclude: set[str], k: int) -> list[str]:
+        if k <= 0:
+            return []
+        key = (task.item_type, surface or "") if self.cfg.hard_negatives and surface else (task.item_type, "")
+        pool = self.pools.get(key) or self.pools.get((task.item_type, ""))
+        if pool is None:
+            return []
+        ids, created, w = pool
+        alive = int(np.searchsorted(created, cutoff_us, side="right"))  # only items that existed
+        if alive == 0:
+            return []
+        p = w[:alive] / w[:alive].sum()
+        picks = rng.choice(alive, size=min(alive, 4 * k), replace=False, p=p)
+        out = [str(ids[i]) for i in picks if str(ids[i]) not in exclude][:k]
+        return out
+
+    # ------------------------------------------------------------------ one member
+    def _member_examples(self, row: dict) -> list[dict]:
+        cfg = self.cfg
+        mid = row["member_id"]
+        rng = np.random.default_rng([cfg.seed, zlib.crc32(mid.encode())])
+        hist_time = np.array(
+            [t.timestamp() * 1e6 for t in row["hist_time"] or []], dtype=np.float64
+        ).astype(np.int64)
+        hist_action = row["hist_action"] or []
+        token_cache: dict[str, np.ndarray] = {}
+        seen_items = set(row["cand_item"]) | set()
+        out: list[dict] = []
+
+        # group the member's labeled events by (task, split), keeping time order
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, (task_id, split) in enumerate(zip(row["cand_task"], row["cand_split"], strict=True)):
+            groups.setdefault((task_id, split), []).append(i)
+
+        for (task_id, split), idx in sorted(groups.items()):
+            task = self.tasks[task_id]
+            if split == "train" and task.held_out:
+                continue  # zero-shot tasks never train
+            for qi, chunk in enumerate(self._question_sets(rng, split, idx, row)):
+                cutoff = row["cand_time"][chunk[0]]
+                items, labels = self._dedupe(chunk, row)
+                if split == "train":
+                    items, labels = self._balance(rng, items, labels)
+                if not items:
+                    continue
+                cutoff_us = int(cutoff.timestamp() * 1e6)
+                n_sampled = 0
+                if task.negatives != "logged" and cfg.sampled_negatives:
+                    neg = self._sample_negatives(rng, task, task.surface, cutoff_us,
+                                                 seen_items | set(items), cfg.sampled_negatives)
+                    items, labels = items + neg, labels + [0] * len(neg)
+                    n_sampled = len(neg)
+                style = str(rng.choice(cfg.styles)) if split == "train" else cfg.eval_style
+                n_prior = int(np.searchsorted(hist_time, cutoff_us, side="left"))
+                prefix, kept, used = self._prefix(row, task, style, n_prior, hist_action, token_cache)
+                out.append({
+                    "example_id": f"{mid}:{task_id}:{split}:{qi}",
+                    "member_id": mid,
+                    "task_id": task_id,
+                    "split": split,
+                    "held_out": task.held_out,
+                    "cutoff": cutoff,
+                    "style": style,
+                    "prefix": prefix,
+                    "candidates": [
+                        render_candidate(self.item_text[style].get(it, it), self.item_type.get(it, task.item_type), style)
+                        for it in items
+                    ],
+                    "candidate_item_ids": items,
+                    "labels": labels,
+                    "n_prior_events": n_prior,
+                    "n_history_kept": kept,
+                    "history_tokens": used,
+                    "n_sampled_negatives": n_sampled,
+                })
+        return out
+
+    def _question_sets(self, rng, split: str, idx: list[int], row: dict) -> list[list[int]]:
+        """Train: chunks of consecutive questions (capped per member-task); eval: one list."""
+        if split != "train":
+            return [idx[: self.cfg.max_eval_candidates * 4]]
+        size = self.cfg.questions_per_prompt
+        chunks = [idx[i:i + size] for i in range(0, len(idx), size)]
+        if len(chunks) > self.cfg.max_prompts_per_member_task:
+            pick = sorted(rng.choice(len(chunks), self.cfg.max_prompts_per_member_task, replace=False))
+            chunks = [chunks[i] for i in pick]
+        return chunks
+
+    def _dedupe(self, chunk: list[int], row: dict) -> tuple[list[str], list[int]]:
+        """One question per item; an item is positive if any of its events is."""
+        label: dict[str, int] = {}
+        for i in chunk:
+            it = row["cand_item"][i]
+            label[it] = max(label.get(it, 0), int(row["cand_label"][i]))
+        items = list(label)[: self.cfg.max_eval_candidates]
+        return items, [label[i] for i in items]
+
+    def _balance(self, rng, items: list[str], labels: list[int]) -> tuple[list[str], list[int]]:
+        pos = [i for i, y in enumerate(labels) if y == 1]
+        neg = [i for i, y in enumerate(labels) if y == 0]
+        cap = max(1, int(round(self.cfg.negatives_per_positive * max(1, len(pos)))))
+        if len(neg) > cap:
+            neg = sorted(rng.choice(neg, cap, replace=False).tolist())
+        keep = sorted(pos + neg)
+        return [items[i] for i in keep], [labels[i] for i in keep]
+
+    def _prefix(self, row: dict, task: TaskSpec, style: str, n_prior: int,
+                hist_action: list[str], token_cache: dict[str, np.ndarray]) -> tuple[str, int, int]:
+        lines = row[f"hist_{style}"] or []
+        if style not in token_cache:
+            sep = "\n" if style != "narrative" else " "
+            token_cache[style] = count_tokens(self.tok, [ln + sep for ln in lines])
+        line_tokens = token_cache[style][:n_prior]
+        prior_lines, prior_actions = lines[:n_prior], hist_action[:n_prior]
+
+        def render(k: int) -> str:
+            return render_history(prior_lines[n_prior - k:] if k else [],
+                                  prior_actions[n_prior - k:] if k else [], style)
+
+        kept, used = fit_to_budget(line_tokens, self.cfg.history_token_budget, render, self.tok)
+        pieces = PromptPieces(task.instruction, row[f"profile_{style}"] or "", (), (), task.question)
+        return render_prefix(pieces, render(kept), style), kept, used
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = []
+        for row in batch.to_pylist():
+            rows.extend(self._member_examples(row))
+        return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
