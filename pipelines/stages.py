@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from components.config import PipelineConfig
+from components.config import PipelineConfig, config_hash
 from pipelines.dag import Pipeline, Stage, StageContext, fingerprint_paths
 
 
@@ -99,6 +99,108 @@ def split(ctx: StageContext) -> dict[str, float]:
     return metrics
 
 
+def task_domain(cfg: PipelineConfig) -> str:
+    """Which tasks of the registry apply to this dataset."""
+    if cfg.promptify.domain:
+        return cfg.promptify.domain
+    return {"synthetic": "professional", "movielens": "movielens"}.get(cfg.data.source, cfg.data.source)
+
+
+def load_pipeline_tasks(cfg: PipelineConfig):
+    """The tasks of the profile's domain; an error if there are none."""
+    from components.promptify.tasks import load_tasks
+
+    reg = load_tasks([Path(p) for p in cfg.promptify.tasks] if cfg.promptify.tasks else None)
+    tasks = reg.for_domain(task_domain(cfg))
+    if not tasks:
+        raise ValueError(
+            f"no task of domain '{task_domain(cfg)}' in the registry: add tasks with that domain "
+            f"or set promptify.domain / promptify.tasks"
+        )
+    return tasks
+
+
+def _tasks_fingerprint(cfg: PipelineConfig) -> str:
+    from components.promptify.tasks import TASKS_DIR
+
+    files = [Path(p) for p in cfg.promptify.tasks] if cfg.promptify.tasks else sorted(TASKS_DIR.glob("*.yaml"))
+    return config_hash({str(f.name): f.read_text() for f in files})
+
+
+def prepare(ctx: StageContext) -> dict[str, float]:
+    """Labels every event for every task and verbalizes events/items (vectorized Polars)."""
+    from components.promptify.examples import prepare_member_table
+
+    tasks = load_pipeline_tasks(ctx.cfg)
+    _, stats = prepare_member_table(ctx.inputs["split"], tasks, ctx.cfg.promptify, ctx.out_dir)
+    ctx.log(f"{len(tasks)} tasks; {stats}")
+    return {**stats, "tasks": float(len(tasks)), "tasks_held_out": float(sum(t.held_out for t in tasks))}
+
+
+def tokenizer(ctx: StageContext) -> dict[str, float]:
+    """Train a byte-level BPE on the verbalized corpus (or copy a given local tokenizer)."""
+    import shutil
+
+    import polars as pl
+
+    from components.promptify.tokenizer import load_tokenizer, train_bpe_tokenizer
+    from components.promptify.verbalize import STYLES
+
+    tcfg = ctx.cfg.tokenizer
+    dest = ctx.out_dir / "tokenizer"
+    if tcfg.path is not None:
+        load_tokenizer(Path(tcfg.path))  # checks the answer tokens
+        shutil.copytree(tcfg.path, dest)
+    else:
+        prep = ctx.inputs["prepare"]
+        rows = pl.read_parquet(prep / "member_rows")
+        rows = rows.sample(min(rows.height, 2000), seed=ctx.cfg.promptify.seed)
+        texts: list[str] = []
+        for s in STYLES:
+            texts += rows[f"profile_{s}"].drop_nulls().to_list()
+            for lines in rows[f"hist_{s}"].to_list():
+                texts += (lines or [])[-50:]
+        items = pl.read_parquet(prep / "items_text.parquet")
+        for s in STYLES:
+            texts += items[f"full_{s}"].drop_nulls().to_list()
+        for t in load_pipeline_tasks(ctx.cfg):
+            texts += [t.instruction, t.question] * 20
+        texts += ["## Instruction ## Member profile ## Past activity ## Question ### Candidate "
+                  "Answer: Yes Answer: No instruction: member: history: question: candidate"] * 50
+        rng_order = pl.Series(texts).sample(fraction=1.0, shuffle=True, seed=0).to_list()
+        train_bpe_tokenizer(rng_order[: tcfg.sample_texts], tcfg.vocab_size, dest)
+    tok = load_tokenizer(dest)
+    return {"vocab_size": float(len(tok))}
+
+
+def promptify(ctx: StageContext) -> dict[str, float]:
+    """Ray Data job: member rows -> prompts with candidates and labels (Parquet)."""
+    import polars as pl
+
+    from components.promptify.examples import PreparedData
+    from pipelines.promptify_job import run_promptify_job
+
+    prep = ctx.inputs["prepare"]
+    prepared = PreparedData(prep / "member_rows", prep / "items_text.parquet", prep / "item_pools.parquet")
+    tasks = load_pipeline_tasks(ctx.cfg)
+    dest = run_promptify_job(prepared, ctx.inputs["tokenizer"] / "tokenizer", tasks,
+                             ctx.cfg.promptify, ctx.out_dir)
+    ex = pl.scan_parquet(str(dest / "*.parquet"))
+    counts = ex.group_by("split").agg(
+        pl.len().alias("prompts"), pl.col("labels").list.len().sum().alias("questions"),
+        pl.col("labels").list.sum().sum().alias("positives"),
+    ).collect()
+    members_in = pl.scan_parquet(str(prep / "member_rows" / "*.parquet")).select(pl.len()).collect().item()
+    members_out = ex.select(pl.col("member_id").n_unique()).collect().item()
+    metrics: dict[str, float] = {"members_in": float(members_in), "members_with_prompts": float(members_out)}
+    for split_name, prompts, questions, positives in counts.iter_rows():
+        metrics[f"{split_name}.prompts"] = float(prompts)
+        metrics[f"{split_name}.questions"] = float(questions)
+        metrics[f"{split_name}.positives"] = float(positives)
+    ctx.log(f"{metrics}")
+    return metrics
+
+
 DATA_STAGES = (
     Stage("ingest", ingest, config_keys=("data",), fingerprint=_source_fingerprint,
           description="source -> canonical Parquet tables"),
@@ -109,6 +211,18 @@ DATA_STAGES = (
 )
 
 
+PROMPT_STAGES = (
+    Stage("prepare", prepare, deps=("split",), config_keys=("promptify",),
+          fingerprint=_tasks_fingerprint,
+          description="label events per task, verbalize events/items (Polars)"),
+    Stage("tokenizer", tokenizer, deps=("prepare",), config_keys=("tokenizer",),
+          description="train a byte-level BPE on the corpus (or load a local one)"),
+    Stage("promptify", promptify, deps=("prepare", "tokenizer"), config_keys=("promptify",),
+          fingerprint=_tasks_fingerprint, num_cpus=0,
+          description="Ray Data: member rows -> prompts, candidates, labels"),
+)
+
+
 def build_pipeline(cfg: PipelineConfig) -> Pipeline:
     """The full stage graph for a profile (later stages join as they are built)."""
-    return Pipeline(cfg.run.name, DATA_STAGES)
+    return Pipeline(cfg.run.name, DATA_STAGES + PROMPT_STAGES)

@@ -1,0 +1,64 @@
+"""Ray Data adapter of promptification: read member rows -> build prompts -> write Parquet.
+
+Thin on purpose: the logic is :class:`components.promptify.examples.PromptBuilder`,
+which runs the same with or without Ray. Ray Data adds the scale-out: member rows are
+read in blocks, prompts are built per block and stream to Parquet without gathering on
+the driver.
+
+Why a function and not an actor pool: on a 2-core machine an actor pool holds the CPUs
+that Ray Data's file listing and read tasks need, and the job never starts. A plain
+function fuses with the read into one task per block; the builder (tokenizer, item
+texts) is cached per worker process, and Ray reuses worker processes, so it is still
+loaded about once per worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
+
+from components.config import PromptifyConfig, config_hash
+from components.promptify.examples import PreparedData, PromptBuilder
+from components.promptify.tasks import TaskSpec
+
+_BUILDERS: dict[str, PromptBuilder] = {}
+
+
+def build_block(batch: pa.Table, tokenizer_dir: str, prepared: PreparedData,
+                tasks: list[TaskSpec], cfg: PromptifyConfig) -> pa.Table:
+    """Ray Data UDF: one batch of member rows -> their examples."""
+    key = config_hash({"tok": tokenizer_dir, "prep": str(prepared.members_dir),
+                       "cfg": cfg.model_dump(mode="json"), "tasks": [t.id for t in tasks]})
+    builder = _BUILDERS.get(key)
+    if builder is None:
+        builder = _BUILDERS[key] = PromptBuilder(tokenizer_dir, prepared, tasks, cfg)
+    return builder(batch)
+
+
+def run_promptify_job(
+    prepared: PreparedData,
+    tokenizer_dir: Path,
+    tasks: Sequence[TaskSpec],
+    cfg: PromptifyConfig,
+    out_dir: Path,
+    batch_size: int = 64,
+    cpus_per_task: float = 1.0,
+) -> Path:
+    """Write the examples under ``out_dir/examples``; returns that directory."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False  # inside a task: log lines
+    ds = ray.data.read_parquet(str(prepared.members_dir))
+    examples = ds.map_batches(
+        build_block,
+        fn_kwargs={"tokenizer_dir": str(tokenizer_dir), "prepared": prepared,
+                   "tasks": list(tasks), "cfg": cfg},
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        num_cpus=cpus_per_task,
+    )
+    dest = Path(out_dir) / "examples"
+    examples.write_parquet(str(dest))
+    return dest
