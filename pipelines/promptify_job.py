@@ -45,12 +45,15 @@ def run_promptify_job(
     out_dir: Path,
     batch_size: int = 64,
     cpus_per_task: float = 1.0,
+    concurrency: int | None = None,
 ) -> Path:
     """Write the examples under ``out_dir/examples``; returns that directory."""
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # inside a task: log lines
-    ds = ray.data.read_parquet(str(prepared.members_dir))
+    files = sorted(Path(prepared.members_dir).glob("*.parquet"))
+    # one block per member partition, so that every worker gets work
+    ds = ray.data.read_parquet([str(f) for f in files]).repartition(len(files))
     examples = ds.map_batches(
         build_block,
         fn_kwargs={"tokenizer_dir": str(tokenizer_dir), "prepared": prepared,
@@ -58,6 +61,7 @@ def run_promptify_job(
         batch_format="pyarrow",
         batch_size=batch_size,
         num_cpus=cpus_per_task,
+        concurrency=concurrency,
     )
     dest = Path(out_dir) / "examples"
     examples.write_parquet(str(dest))

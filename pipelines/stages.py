@@ -132,7 +132,15 @@ def prepare(ctx: StageContext) -> dict[str, float]:
     from components.promptify.examples import prepare_member_table
 
     tasks = load_pipeline_tasks(ctx.cfg)
-    _, stats = prepare_member_table(ctx.inputs["split"], tasks, ctx.cfg.promptify, ctx.out_dir)
+    relabel = None
+    if ctx.cfg.data.source == "synthetic" and any(t.steering for t in tasks):
+        from components.promptify.steering import steering_relabel
+
+        def relabel(labeled, members, items):
+            return steering_relabel(labeled, tasks, members, items, ctx.cfg.data.synthetic)
+
+    _, stats = prepare_member_table(ctx.inputs["split"], tasks, ctx.cfg.promptify, ctx.out_dir,
+                                    relabel=relabel)
     ctx.log(f"{len(tasks)} tasks; {stats}")
     return {**stats, "tasks": float(len(tasks)), "tasks_held_out": float(sum(t.held_out for t in tasks))}
 

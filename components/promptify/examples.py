@@ -17,7 +17,7 @@ its cutoff is the time of its earliest question. Nothing at or after it can appe
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,9 +92,16 @@ class PreparedData:
 
 
 def prepare_member_table(
-    split_dir: Path, tasks: Sequence[TaskSpec], cfg: PromptifyConfig, out_dir: Path
+    split_dir: Path,
+    tasks: Sequence[TaskSpec],
+    cfg: PromptifyConfig,
+    out_dir: Path,
+    relabel: Callable[[pl.DataFrame, pl.DataFrame, pl.DataFrame], pl.DataFrame] | None = None,
 ) -> tuple[PreparedData, dict[str, float]]:
-    """Vectorized preparation: labels, verbalized events and items, one row per member."""
+    """Vectorized preparation: labels, verbalized events and items, one row per member.
+
+    ``relabel(labeled, members, items)`` may rewrite labels (instruction steering).
+    """
     split_dir, out_dir = Path(split_dir), Path(out_dir)
     members = pl.read_parquet(split_dir / "members")
     items = pl.read_parquet(split_dir / "items")
@@ -112,7 +119,10 @@ def prepare_member_table(
         pl.col("action").alias("hist_action"),
         *[pl.col(f"line_{s}").alias(f"hist_{s}") for s in STYLES],
     )
-    labeled = label_events(inter, tasks).sort(["member_id", "task_id", "timestamp", "item_id"])
+    labeled = label_events(inter, tasks)
+    if relabel is not None:
+        labeled = relabel(labeled, members, items)
+    labeled = labeled.sort(["member_id", "task_id", "timestamp", "item_id"])
     cand_lists = labeled.group_by("member_id", maintain_order=True).agg(
         pl.col("task_id").alias("cand_task"),
         pl.col("item_id").alias("cand_item"),

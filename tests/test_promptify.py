@@ -1,0 +1,215 @@
+"""Promptification: leakage, token budget, styles, registry validation, determinism, Ray Data."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from components.config import ConfigError, PromptifyConfig, SplitConfig
+from components.data.split import split_dataset
+from components.data.tables import write_table
+from components.promptify.examples import PreparedData, PromptBuilder, prepare_member_table
+from components.promptify.tasks import load_tasks
+from components.promptify.tokenizer import TokenizerError, answer_token_ids, train_bpe_tokenizer
+from components.promptify.verbalize import STYLES
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+TASKS_YAML = """
+tasks:
+  - id: toy_click
+    domain: toy
+    item_type: thing
+    surface: shop
+    positive_actions: [click]
+    negative_actions: [skip]
+    instruction: Predict whether the member will click the candidate thing.
+    question: Will the member click this thing?
+  - id: toy_click_sampled
+    domain: toy
+    item_type: thing
+    positive_actions: [click]
+    negatives: sampled
+    held_out: true
+    instruction: Predict whether the member will click the candidate thing anywhere.
+    question: Will the member click this thing?
+"""
+
+
+def _epoch(ts: datetime) -> int:
+    return int(ts.timestamp())
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A world where every event has its own item titled ``EVT<epoch seconds>``: any
+    history line names its event's exact time, so leakage is visible in the text."""
+    root = tmp_path_factory.mktemp("toy")
+    rng = np.random.default_rng(0)
+    events, items = [], []
+    for m in range(24):
+        n = int(rng.integers(0, 60))
+        for k in range(n):
+            ts = T0 + timedelta(hours=int(rng.integers(0, 24 * 90)), minutes=k)
+            iid = f"i{m}_{k}"
+            items.append((iid, "thing", f"EVT{_epoch(ts)}", f"a {'long ' * (k % 7)}description", ts - timedelta(days=1)))
+            events.append((f"m{m}", iid, "shop" if k % 3 else "mail", ["click", "skip", "view"][k % 3], ts))
+    write_table(pl.DataFrame({"member_id": [f"m{m}" for m in range(24)],
+                              "headline": [f"Person {m}" for m in range(24)],
+                              "skills": [["x", "y"]] * 24}), root / "valid" / "members")
+    write_table(pl.DataFrame(items, schema=["item_id", "item_type", "title", "text", "created_at"], orient="row"),
+                root / "valid" / "items")
+    write_table(pl.DataFrame(events, schema=["member_id", "item_id", "surface", "action", "timestamp"], orient="row"),
+                root / "valid" / "interactions")
+    split_dataset(root / "valid", root / "split", SplitConfig())
+    tasks_file = root / "tasks.yaml"
+    tasks_file.write_text(TASKS_YAML)
+    tasks = load_tasks(tasks_file).tasks
+    cfg = PromptifyConfig(history_token_budget=120, history_exclude_actions=[], blocks=3,
+                          questions_per_prompt=4, sampled_negatives=3)
+    prepared, _ = prepare_member_table(root / "split", tasks, cfg, root / "prep")
+    texts = pl.read_parquet(prepared.members_dir)["hist_markdown"].explode().drop_nulls().to_list()
+    tok_dir = train_bpe_tokenizer(texts * 3 + [TASKS_YAML] * 5, 800, root / "tok")
+    return {"root": root, "tasks": tasks, "cfg": cfg, "prepared": prepared, "tok": tok_dir}
+
+
+def _build(toy, cfg=None, batch_rows=None):
+    builder = PromptBuilder(str(toy["tok"]), toy["prepared"], toy["tasks"], cfg or toy["cfg"])
+    table = pq.read_table(sorted(toy["prepared"].members_dir.glob("*.parquet")))
+    if batch_rows is None:
+        return pl.from_arrow(builder(table))
+    parts = [pl.from_arrow(builder(table.slice(i, batch_rows))) for i in range(0, table.num_rows, batch_rows)]
+    return pl.concat(parts)
+
+
+def _history_section(prefix: str, style: str) -> str:
+    if style == "markdown":
+        return prefix.split("## Past activity\n", 1)[1].split("\n\n## Question", 1)[0]
+    if style == "compact":
+        return prefix.split("history:\n", 1)[1].split("\nquestion:", 1)[0]
+    body = prefix.split("\n\n")
+    return body[2]  # instruction, about, history, question
+
+
+def test_no_event_at_or_after_the_cutoff_appears(toy):
+    ex = _build(toy)
+    assert ex.height > 50
+    checked = 0
+    for row in ex.iter_rows(named=True):
+        cutoff = _epoch(row["cutoff"])
+        for stamp in re.findall(r"EVT(\d+)", row["prefix"]):
+            assert int(stamp) < cutoff, f"{row['example_id']}: event at {stamp} >= cutoff {cutoff}"
+            checked += 1
+        # every candidate is a question at or after the cutoff
+        for cand in row["candidates"]:
+            stamps = re.findall(r"EVT(\d+)", cand)
+            if stamps and row["n_sampled_negatives"] == 0:
+                assert int(stamps[0]) >= cutoff
+    assert checked > 100
+
+
+def test_history_within_budget_and_most_recent_kept(toy):
+    from components.promptify.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(toy["tok"])
+    budget = toy["cfg"].history_token_budget
+    ex = _build(toy)
+    hist = pl.read_parquet(toy["prepared"].members_dir).select("member_id", "hist_time")
+    times = {m: [_epoch(t) for t in ts or []] for m, ts in hist.iter_rows()}
+    truncated = 0
+    for row in ex.iter_rows(named=True):
+        section = _history_section(row["prefix"], row["style"])
+        n_tokens = len(tok.encode(section, add_special_tokens=False))
+        assert n_tokens == row["history_tokens"] <= budget
+        cutoff = _epoch(row["cutoff"])
+        prior = [t for t in times[row["member_id"]] if t < cutoff]
+        assert row["n_prior_events"] == len(prior)
+        kept = sorted(int(s) for s in re.findall(r"EVT(\d+)", section))
+        assert kept == sorted(prior)[len(prior) - len(kept):] if kept else True  # the most recent
+        assert len(kept) == row["n_history_kept"]
+        truncated += row["n_history_kept"] < row["n_prior_events"]
+    assert truncated > 10, "the budget never bit: the test would not catch a broken cut"
+
+
+def test_every_style_is_used_and_recognizable(toy):
+    ex = _build(toy)
+    train = ex.filter(pl.col("split") == "train")
+    assert set(train["style"]) == set(STYLES)
+    assert set(ex.filter(pl.col("split") != "train")["style"]) == {toy["cfg"].eval_style}
+    marks = {"markdown": "## Instruction", "compact": "instruction: ", "narrative": "About the member:"}
+    for style, mark in marks.items():
+        assert all(mark in p for p in train.filter(pl.col("style") == style)["prefix"])
+    assert all(c.endswith("Answer:") for cs in ex["candidates"] for c in cs)
+
+
+def test_held_out_tasks_never_train_and_sampled_negatives_are_marked(toy):
+    ex = _build(toy)
+    held = ex.filter(pl.col("task_id") == "toy_click_sampled")
+    assert held.height and set(held["split"]) <= {"valid", "test"}
+    assert held["held_out"].all()
+    assert held["n_sampled_negatives"].sum() > 0
+    # labels line up with candidates
+    assert (ex["candidates"].list.len() == ex["labels"].list.len()).all()
+    assert (ex["candidate_item_ids"].list.len() == ex["labels"].list.len()).all()
+
+
+def test_same_seed_same_output_whatever_the_batching(toy):
+    a = _build(toy).sort("example_id")
+    b = _build(toy, batch_rows=5).sort("example_id")
+    assert a.equals(b)
+    c = _build(toy, cfg=toy["cfg"].model_copy(update={"seed": 1})).sort("example_id")
+    assert not a.equals(c)
+
+
+def test_bad_task_yaml_names_the_task_and_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TASKS_YAML.replace("positive_actions: [click]\n    negative_actions", "positve_actions: [click]\n    negative_actions", 1))
+    with pytest.raises(ConfigError) as err:
+        load_tasks(bad)
+    msg = str(err.value)
+    assert "toy_click" in msg and "positve_actions" in msg and "positive_actions" in msg
+    dup = tmp_path / "dup.yaml"
+    dup.write_text(TASKS_YAML.replace("toy_click_sampled", "toy_click"))
+    with pytest.raises(ConfigError, match="toy_click.*twice"):
+        load_tasks(dup)
+
+
+def test_builtin_registry_is_valid_and_large_enough():
+    reg = load_tasks()
+    assert len(reg.tasks) >= 30
+    pro = reg.for_domain("professional")
+    held = [t for t in pro if t.held_out]
+    assert len(held) >= 4
+    trained = [t for t in pro if not t.held_out]
+    # held out really means new: an action, a surface and an item type no trained task uses
+    trained_actions = {a for t in trained for a in t.positive_actions + t.negative_actions}
+    assert any(set(t.positive_actions) - trained_actions for t in held)
+    assert any(t.surface not in {x.surface for x in trained} for t in held)
+    assert any(t.item_type not in {x.item_type for x in trained} for t in held)
+    assert any(t.steering for t in pro)
+    assert reg.for_domain("movielens")
+
+
+def test_answer_tokens_must_be_single_tokens(toy, tmp_path):
+    from components.promptify.tokenizer import load_tokenizer
+
+    assert len(set(answer_token_ids(load_tokenizer(toy["tok"])))) == 2
+    with pytest.raises(TokenizerError, match="must be 1"):
+        answer_token_ids(load_tokenizer(toy["tok"]), yes=" Absolutely-certainly")
+
+
+def test_ray_data_two_workers_equal_one_worker(ray_local, toy, tmp_path):
+    from pipelines.promptify_job import run_promptify_job
+
+    outs = []
+    for workers in (1, 2):
+        dest = run_promptify_job(toy["prepared"], toy["tok"], toy["tasks"], toy["cfg"],
+                                 tmp_path / f"w{workers}", batch_size=4, concurrency=workers)
+        outs.append(pl.read_parquet(dest).sort("example_id"))
+    assert outs[0].height > 50
+    assert outs[0].equals(outs[1])
+    assert outs[0].sort("example_id").equals(_build(toy).sort("example_id"))
