@@ -1,4 +1,4 @@
-"""The data stages end to end: real local Ray, real MLflow sqlite, real Parquet."""
+"""The pipeline end to end: real local Ray, real MLflow sqlite, real Parquet."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pipelines.stages import build_pipeline
 from tests.conftest import movielens_dir
 
 
-def _run(cfg):
-    return run_pipeline(build_pipeline(cfg), cfg, profile="test")
+def _run(cfg, stop_after=None):
+    return run_pipeline(build_pipeline(cfg), cfg, profile="test", stop_after=stop_after)
 
 
 def test_synthetic_data_pipeline_then_cache_hit(ray_local, tmp_path):
@@ -26,7 +26,8 @@ def test_synthetic_data_pipeline_then_cache_hit(ray_local, tmp_path):
         "data.synthetic.members": 300, "data.synthetic.members_per_file": 100,
     })
     first = _run(cfg)
-    assert [r.cached for r in first.results.values()] == [False, False, False]
+    assert list(first.results) == ["ingest", "validate", "split", "prepare", "tokenizer", "promptify"]
+    assert not any(r.cached for r in first.results.values())
 
     ingest, validate, split = (first.results[s] for s in ("ingest", "validate", "split"))
     report = json.loads((validate.path / "report.json").read_text())
@@ -44,15 +45,21 @@ def test_synthetic_data_pipeline_then_cache_hit(ray_local, tmp_path):
     assert all(r.cached for r in second.results.values())
     assert {n: r.path for n, r in second.results.items()} == {n: r.path for n, r in first.results.items()}
 
-    # a split change reruns only the split
-    third = _run(cfg.model_copy(update={"split": cfg.split.model_copy(update={"test_fraction": 0.3})}))
+    # a split change reruns the split (and what follows), not what comes before it
+    third = _run(cfg.model_copy(update={"split": cfg.split.model_copy(update={"test_fraction": 0.3})}),
+                 stop_after="split")
     assert [third.results[s].cached for s in ("ingest", "validate", "split")] == [True, True, False]
+
+    # promptify accounted for its members and wrote prompts for every split
+    prompts = first.results["promptify"].metrics
+    assert prompts["members_with_prompts"] <= prompts["members_in"] > 0
+    assert all(prompts[f"{s}.prompts"] > 0 for s in ("train", "valid", "test"))
 
     mlflow.set_tracking_uri(first.tracking_uri)
     runs = mlflow.search_runs(experiment_names=["data-e2e"], output_format="list")
     kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == first.parent_run_id]
     by_stage = {r.data.tags["rankbrew.stage"]: r for r in kids}
-    assert set(by_stage) == {"ingest", "validate", "split"}
+    assert set(by_stage) == set(first.results)
     assert by_stage["validate"].data.metrics["interactions.rows_in"] == report["interactions"]["rows_in"]
     assert by_stage["ingest"].data.params["data.synthetic.members"] == "300"
 
