@@ -252,6 +252,9 @@ class PromptBuilder:
         ).astype(np.int64)
         hist_action = row["hist_action"] or []
         token_cache: dict[str, np.ndarray] = {}
+        # Many tasks ask about the same impression, so they share (style, cutoff): the
+        # budgeted history is computed once per member and (style, number of prior events).
+        history_cache: dict[tuple[str, int], tuple[str, int, int]] = {}
         seen_items = set(row["cand_item"]) | set()
         out: list[dict] = []
 
@@ -280,7 +283,12 @@ class PromptBuilder:
                     n_sampled = len(neg)
                 style = str(rng.choice(cfg.styles)) if split == "train" else cfg.eval_style
                 n_prior = int(np.searchsorted(hist_time, cutoff_us, side="left"))
-                prefix, kept, used = self._prefix(row, task, style, n_prior, hist_action, token_cache)
+                if (style, n_prior) not in history_cache:
+                    history_cache[(style, n_prior)] = self._history(
+                        row, style, n_prior, hist_action, token_cache)
+                history, kept, used = history_cache[(style, n_prior)]
+                pieces = PromptPieces(task.instruction, row[f"profile_{style}"] or "", (), (), task.question)
+                prefix = render_prefix(pieces, history, style)
                 out.append({
                     "example_id": f"{mid}:{task_id}:{split}:{qi}",
                     "member_id": mid,
@@ -332,8 +340,10 @@ class PromptBuilder:
         keep = sorted(pos + neg)
         return [items[i] for i in keep], [labels[i] for i in keep]
 
-    def _prefix(self, row: dict, task: TaskSpec, style: str, n_prior: int,
-                hist_action: list[str], token_cache: dict[str, np.ndarray]) -> tuple[str, int, int]:
+    def _history(self, row: dict, style: str, n_prior: int, hist_action: list[str],
+                 token_cache: dict[str, np.ndarray]) -> tuple[str, int, int]:
+        """The history section of the ``n_prior`` earliest events, cut to the token budget:
+        (text, lines kept, tokens)."""
         lines = row[f"hist_{style}"] or []
         if style not in token_cache:
             sep = "\n" if style != "narrative" else " "
@@ -346,8 +356,7 @@ class PromptBuilder:
                                   prior_actions[n_prior - k:] if k else [], style)
 
         kept, used = fit_to_budget(line_tokens, self.cfg.history_token_budget, render, self.tok)
-        pieces = PromptPieces(task.instruction, row[f"profile_{style}"] or "", (), (), task.question)
-        return render_prefix(pieces, render(kept), style), kept, used
+        return render(kept), kept, used
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = []
