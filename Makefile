@@ -36,6 +36,8 @@ lint: setup  ## ruff
 
 bench: setup  ## benchmarks; numbers go to docs/benchmarks.md
 	$(BIN)/python -m benchmarks.bench_data
+	$(BIN)/python -m benchmarks.bench_promptify
+	$(BIN)/python -m benchmarks.bench_scoring
 
 stages: setup  ## list the pipeline's stages
 	$(BIN)/rankbrew stages --profile $(PROFILE)
