@@ -61,7 +61,7 @@ def run_promptify_job(
         batch_format="pyarrow",
         batch_size=batch_size,
         num_cpus=cpus_per_task,
-        concurrency=concurrency,
+        compute=ray.data.TaskPoolStrategy(size=concurrency) if concurrency else None,
     )
     dest = Path(out_dir) / "examples"
     examples.write_parquet(str(dest))
