@@ -13,7 +13,7 @@ import pytest
 from components.config import ConfigError, PromptifyConfig, SplitConfig
 from components.data.split import split_dataset
 from components.data.tables import write_table
-from components.promptify.examples import PreparedData, PromptBuilder, prepare_member_table
+from components.promptify.examples import PromptBuilder, prepare_member_table
 from components.promptify.tasks import load_tasks
 from components.promptify.tokenizer import TokenizerError, answer_token_ids, train_bpe_tokenizer
 from components.promptify.verbalize import STYLES
