@@ -185,7 +185,8 @@ def promptify(ctx: StageContext) -> dict[str, float]:
     """Ray Data job: member rows -> prompts with candidates and labels (Parquet)."""
     import polars as pl
 
-    from components.promptify.examples import PreparedData
+    from components.promptify.examples import PreparedData, example_accounting
+    from pipelines.dag import MANIFEST
     from pipelines.promptify_job import run_promptify_job
 
     prep = ctx.inputs["prepare"]
@@ -200,7 +201,12 @@ def promptify(ctx: StageContext) -> dict[str, float]:
     ).collect()
     members_in = pl.scan_parquet(str(prep / "member_rows" / "*.parquet")).select(pl.len()).collect().item()
     members_out = ex.select(pl.col("member_id").n_unique()).collect().item()
-    metrics: dict[str, float] = {"members_in": float(members_in), "members_with_prompts": float(members_out)}
+    prepare_stats = json.loads((prep / MANIFEST).read_text())["metrics"]
+    accounting = example_accounting(ex, prepare_stats)
+    if not accounting["balanced"]:
+        raise AssertionError(f"promptify accounting does not add up (a bug): {accounting}")
+    metrics: dict[str, float] = {"members_in": float(members_in), "members_with_prompts": float(members_out),
+                                 **{f"accounting.{k}": v for k, v in accounting.items()}}
     for split_name, prompts, questions, positives in counts.iter_rows():
         metrics[f"{split_name}.prompts"] = float(prompts)
         metrics[f"{split_name}.questions"] = float(questions)

@@ -54,6 +54,7 @@ def test_synthetic_data_pipeline_then_cache_hit(ray_local, tmp_path):
     prompts = first.results["promptify"].metrics
     assert prompts["members_with_prompts"] <= prompts["members_in"] > 0
     assert all(prompts[f"{s}.prompts"] > 0 for s in ("train", "valid", "test"))
+    assert prompts["accounting.balanced"] == 1.0
 
     mlflow.set_tracking_uri(first.tracking_uri)
     runs = mlflow.search_runs(experiment_names=["data-e2e"], output_format="list")

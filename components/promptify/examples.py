@@ -91,6 +91,33 @@ class PreparedData:
     item_pools: Path       # item_id, item_type, surface, created_at, popularity
 
 
+def example_accounting(examples: pl.LazyFrame | pl.DataFrame, prepare_stats: dict[str, float]) -> dict[str, float]:
+    """Where every labeled event went: a question, or a counted reason. Must balance.
+
+    labeled events = held-out events in train (never trained) + events in prompts
+    + events of training prompts left out by ``max_prompts_per_member_task``;
+    events in prompts = logged questions + merged into the same item's question
+    + over ``max_eval_candidates`` + negatives subsampled out.
+    """
+    agg = examples.lazy().select(
+        (pl.col("labels").list.len() - pl.col("n_sampled_negatives")).sum().alias("questions_logged"),
+        pl.col("n_sampled_negatives").sum().alias("questions_sampled"),
+        pl.col("n_task_events").sum().alias("events_in_prompts"),
+        pl.col("n_merged_same_item").sum().alias("dropped.merged_same_item"),
+        pl.col("n_over_candidate_cap").sum().alias("dropped.over_candidate_cap"),
+        pl.col("n_negatives_subsampled").sum().alias("dropped.negatives_subsampled"),
+        pl.col("n_events_in_capped_prompts").sum().alias("dropped.prompts_over_member_task_cap"),
+    ).collect().row(0, named=True)
+    out = {k: float(v or 0) for k, v in agg.items()}
+    out["dropped.held_out_train"] = prepare_stats["prepare.labeled_events_held_out_train"]
+    in_prompts = (out["questions_logged"] + out["dropped.merged_same_item"]
+                  + out["dropped.over_candidate_cap"] + out["dropped.negatives_subsampled"])
+    total = out["dropped.held_out_train"] + out["events_in_prompts"] + out["dropped.prompts_over_member_task_cap"]
+    out["labeled_events"] = prepare_stats["prepare.labeled_events"]
+    out["balanced"] = float(in_prompts == out["events_in_prompts"] and total == out["labeled_events"])
+    return out
+
+
 def prepare_member_table(
     split_dir: Path,
     tasks: Sequence[TaskSpec],
@@ -156,12 +183,18 @@ def prepare_member_table(
     )
     pools_path = out_dir / "item_pools.parquet"
     pools.write_parquet(pools_path)
+    held = {t.id for t in tasks if t.held_out}
     stats = {
         "prepare.members_in": float(members.height),
         "prepare.members_with_questions": float(table.height),
+        "prepare.members_without_task_events": float(members.height - table.height),
         "prepare.events_in": float(inter.height),
         "prepare.history_events": float(hist.height),
+        "prepare.history_excluded_events": float(inter.height - hist.height),
         "prepare.labeled_events": float(labeled.height),
+        "prepare.labeled_events_held_out_train": float(
+            labeled.filter((pl.col("split") == "train") & pl.col("task_id").is_in(list(held))).height
+        ),
     }
     return PreparedData(mdir, itext_path, pools_path), stats
 
@@ -182,6 +215,11 @@ OUTPUT_SCHEMA = pa.schema([
     ("n_history_kept", pa.int32()),
     ("history_tokens", pa.int32()),
     ("n_sampled_negatives", pa.int32()),
+    ("n_task_events", pa.int32()),
+    ("n_merged_same_item", pa.int32()),
+    ("n_over_candidate_cap", pa.int32()),
+    ("n_negatives_subsampled", pa.int32()),
+    ("n_events_in_capped_prompts", pa.int32()),
 ])
 
 
@@ -267,13 +305,13 @@ class PromptBuilder:
             task = self.tasks[task_id]
             if split == "train" and task.held_out:
                 continue  # zero-shot tasks never train
-            for qi, chunk in enumerate(self._question_sets(rng, split, idx, row)):
+            chunks, n_chunk_capped = self._question_sets(rng, split, idx)
+            for qi, chunk in enumerate(chunks):
                 cutoff = row["cand_time"][chunk[0]]
-                items, labels = self._dedupe(chunk, row)
+                items, labels, n_merged, n_capped = self._dedupe(chunk, row)
+                n_neg_dropped = 0
                 if split == "train":
-                    items, labels = self._balance(rng, items, labels)
-                if not items:
-                    continue
+                    items, labels, n_neg_dropped = self._balance(rng, items, labels)
                 cutoff_us = int(cutoff.timestamp() * 1e6)
                 n_sampled = 0
                 if task.negatives != "logged" and cfg.sampled_negatives:
@@ -308,37 +346,55 @@ class PromptBuilder:
                     "n_history_kept": kept,
                     "history_tokens": used,
                     "n_sampled_negatives": n_sampled,
+                    # accounting: n_task_events = logged questions + merged + capped + dropped
+                    "n_task_events": len(chunk),
+                    "n_merged_same_item": n_merged,
+                    "n_over_candidate_cap": n_capped,
+                    "n_negatives_subsampled": n_neg_dropped,
+                    "n_events_in_capped_prompts": n_chunk_capped if qi == 0 else 0,
                 })
         return out
 
-    def _question_sets(self, rng, split: str, idx: list[int], row: dict) -> list[list[int]]:
-        """Train: chunks of consecutive questions (capped per member-task); eval: one list."""
+    def _question_sets(self, rng, split: str, idx: list[int]) -> tuple[list[list[int]], int]:
+        """Train: chunks of consecutive questions, at most ``max_prompts_per_member_task``
+        (returns the events of the chunks left out too); eval: one list."""
         if split != "train":
-            return [idx[: self.cfg.max_eval_candidates * 4]]
+            return [idx], 0
         size = self.cfg.questions_per_prompt
         chunks = [idx[i:i + size] for i in range(0, len(idx), size)]
+        dropped = 0
         if len(chunks) > self.cfg.max_prompts_per_member_task:
-            pick = sorted(rng.choice(len(chunks), self.cfg.max_prompts_per_member_task, replace=False))
-            chunks = [chunks[i] for i in pick]
-        return chunks
+            pick = set(rng.choice(len(chunks), self.cfg.max_prompts_per_member_task, replace=False).tolist())
+            dropped = sum(len(c) for i, c in enumerate(chunks) if i not in pick)
+            chunks = [c for i, c in enumerate(chunks) if i in pick]
+        return chunks, dropped
 
-    def _dedupe(self, chunk: list[int], row: dict) -> tuple[list[str], list[int]]:
-        """One question per item; an item is positive if any of its events is."""
+    def _dedupe(self, chunk: list[int], row: dict) -> tuple[list[str], list[int], int, int]:
+        """One question per item (positive if any of its events is), at most
+        ``max_eval_candidates``; returns items, labels, events merged, events over the cap."""
         label: dict[str, int] = {}
+        count: dict[str, int] = {}
         for i in chunk:
             it = row["cand_item"][i]
             label[it] = max(label.get(it, 0), int(row["cand_label"][i]))
-        items = list(label)[: self.cfg.max_eval_candidates]
-        return items, [label[i] for i in items]
+            count[it] = count.get(it, 0) + 1
+        items = list(label)
+        kept = items[: self.cfg.max_eval_candidates]
+        over = sum(count[i] for i in items[len(kept):])
+        merged = sum(count[i] - 1 for i in kept)
+        return kept, [label[i] for i in kept], merged, over
 
-    def _balance(self, rng, items: list[str], labels: list[int]) -> tuple[list[str], list[int]]:
+    def _balance(self, rng, items: list[str], labels: list[int]) -> tuple[list[str], list[int], int]:
+        """Keep every positive and at most ``negatives_per_positive`` negatives per positive."""
         pos = [i for i, y in enumerate(labels) if y == 1]
         neg = [i for i, y in enumerate(labels) if y == 0]
         cap = max(1, int(round(self.cfg.negatives_per_positive * max(1, len(pos)))))
+        dropped = 0
         if len(neg) > cap:
+            dropped = len(neg) - cap
             neg = sorted(rng.choice(neg, cap, replace=False).tolist())
         keep = sorted(pos + neg)
-        return [items[i] for i in keep], [labels[i] for i in keep]
+        return [items[i] for i in keep], [labels[i] for i in keep], dropped
 
     def _history(self, row: dict, style: str, n_prior: int, hist_action: list[str],
                  token_cache: dict[str, np.ndarray]) -> tuple[str, int, int]:
