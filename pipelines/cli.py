@@ -21,7 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
+console = Console(soft_wrap=True)  # keep paths and URIs on one line, copyable
 
 ProfileOpt = Annotated[
     str, typer.Option("--profile", "-p", help="Profile name in pipelines/configs/ or a YAML path.")

@@ -86,6 +86,10 @@ class Stage:
     fingerprint: Callable[[PipelineConfig], str] | None = None
     num_cpus: float = 1.0
     description: str = ""
+    #: Bump when the stage's code changes what it writes: the cache key includes it, so
+    #: old artifacts are not reused by new code (the git sha would invalidate everything
+    #: on every commit).
+    version: str = "1"
 
 
 @dataclass(frozen=True)
@@ -156,9 +160,10 @@ def select_config(cfg: PipelineConfig, keys: Iterable[str]) -> dict[str, Any]:
 
 
 def stage_key(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, str]) -> str:
-    """hash(stage name, its config sections, upstream keys, external fingerprint)."""
+    """hash(stage name and version, its config sections, upstream keys, external fingerprint)."""
     payload = {
         "stage": stage.name,
+        "version": stage.version,
         "config": select_config(cfg, stage.config_keys),
         "inputs": dict(sorted(upstream.items())),
         "external": stage.fingerprint(cfg) if stage.fingerprint else None,

@@ -232,7 +232,7 @@ PROMPT_STAGES = (
     Stage("tokenizer", tokenizer, deps=("prepare",), config_keys=("tokenizer",),
           description="train a byte-level BPE on the corpus (or load a local one)"),
     Stage("promptify", promptify, deps=("prepare", "tokenizer"), config_keys=("promptify",),
-          fingerprint=_tasks_fingerprint, num_cpus=0,
+          fingerprint=_tasks_fingerprint, num_cpus=0, version="2",
           description="Ray Data: member rows -> prompts, candidates, labels"),
 )
 
