@@ -93,9 +93,18 @@ def split(ctx: StageContext) -> dict[str, float]:
     """Temporal train/valid/test split with cold members and items marked."""
     from components.data.split import split_dataset
 
+    import polars as pl
+
+    from components.data.plots import activity_buckets, plot_split
+
     metrics = split_dataset(ctx.inputs["validate"], ctx.out_dir, ctx.cfg.split)
     cutoffs = json.loads((ctx.out_dir / "cutoffs.json").read_text())
     ctx.log(f"cutoffs {cutoffs}; rows {metrics}")
+    inter = pl.read_parquet(ctx.out_dir / "interactions", columns=["member_id", "timestamp", "split"])
+    ctx.log_artifact(plot_split(inter, cutoffs, ctx.out_dir / "plots" / "split.png"), "plots")
+    ctx.log_artifact(ctx.out_dir / "cutoffs.json")
+    for bucket, members in activity_buckets(inter).iter_rows():
+        metrics[f"members_with_events.{bucket.replace('>', 'over_')}"] = float(members)
     return metrics
 
 
@@ -220,7 +229,7 @@ DATA_STAGES = (
           description="source -> canonical Parquet tables"),
     Stage("validate", validate, deps=("ingest",),
           description="schema checks, quarantine with reasons, row accounting"),
-    Stage("split", split, deps=("validate",), config_keys=("split",),
+    Stage("split", split, deps=("validate",), config_keys=("split",), version="2",
           description="temporal train/valid/test split, cold members/items"),
 )
 

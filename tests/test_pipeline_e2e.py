@@ -63,6 +63,9 @@ def test_synthetic_data_pipeline_then_cache_hit(ray_local, tmp_path):
     assert set(by_stage) == set(first.results)
     assert by_stage["validate"].data.metrics["interactions.rows_in"] == report["interactions"]["rows_in"]
     assert by_stage["ingest"].data.params["data.synthetic.members"] == "300"
+    plots = mlflow.artifacts.list_artifacts(run_id=by_stage["split"].info.run_id, artifact_path="plots")
+    assert [p.path for p in plots] == ["plots/split.png"]
+    assert sum(v for k, v in by_stage["split"].data.metrics.items() if k.startswith("members_with_events.")) > 0
 
 
 @pytest.mark.movielens
