@@ -236,3 +236,23 @@ def test_events_on_the_same_item_merge_into_one_question(toy):
     row = {"cand_item": ["a", "b", "a", "c", "a"], "cand_label": [0, 0, 1, 0, 0]}
     items, labels, merged, over = builder._dedupe([0, 1, 2, 3, 4], row)
     assert (items, labels, merged, over) == (["a", "b", "c"], [1, 0, 0], 2, 0)
+
+
+def test_a_request_can_carry_a_custom_instruction(toy):
+    from components.promptify.online import build_request_prompt
+    from components.promptify.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(toy["tok"])
+    item = {"item_id": "j1", "item_type": "job", "title": "Data Engineer", "skills": ["SQL"]}
+    events = [{"item": {**item, "item_id": f"old{k}", "title": f"EVT{k}"}, "action": "apply",
+               "timestamp": T0 + timedelta(days=k)} for k in range(200)]
+    now = T0 + timedelta(days=150)
+    prefix, cands = build_request_prompt(
+        {"headline": "Engineer", "skills": ["SQL", "Python"]}, events, [item],
+        "Focus on skills more than other criteria.", "Is this job a good fit?", tok,
+        now=now, history_token_budget=60)
+    assert "Focus on skills more than other criteria." in prefix
+    stamps = [int(s) for s in re.findall(r"EVT(\d+)", prefix)]
+    assert stamps and max(stamps) == 149  # the most recent event before `now`, none after
+    assert len(tok.encode(_history_section(prefix, "markdown"), add_special_tokens=False)) <= 60
+    assert cands[0].endswith("Answer:") and "Data Engineer" in cands[0]
