@@ -1,0 +1,341 @@
+"""Model factory and multi-item scoring: exactness against per-item, isolation, chunking,
+label-head scoring, safetensors round trip, checkpoint kinds, and the FlexAttention path.
+
+Random-weight models use ``initializer_range=0.1`` so scores spread over (0.02, 0.96)
+(at 0.02 they all sit near 0.5 and a wrong mask could hide in the noise) while fp32
+rounding stays below 1e-6.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from components.model import (
+    ModelConfig,
+    ModelLoadError,
+    ScoringEngine,
+    ScoringError,
+    build_model,
+    count_parameters,
+    label_head,
+    label_probabilities,
+    plan_chunks,
+    preset,
+    save_model,
+    score_multi_item,
+    score_per_item_reference,
+    score_requests,
+)
+from components.model.factory import load_model
+from components.model.multi_item import dense_mask, pack_candidates
+from components.model.scoring import LabelHead, final_hidden_states, verify_label_head
+from components.promptify.tokenizer import load_tokenizer, train_bpe_tokenizer
+
+VOCAB = 512
+YES, NO = 7, 8
+SMALL = dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
+             initializer_range=0.1, max_position_embeddings=4096)
+EXACT = 1e-5
+
+
+def small_model(family: str, seed: int = 0, vocab: int = VOCAB, **overrides):
+    torch.manual_seed(seed)
+    name = "tiny" if family == "dense" else "tiny-moe"
+    return build_model(preset(name, **{**SMALL, **overrides}), vocab)
+
+
+@pytest.fixture(scope="module", params=["dense", "moe"])
+def model(request):
+    return small_model(request.param)
+
+
+def random_request(n: int, prefix_len: int = 120, seed: int = 0):
+    """A prefix and ``n`` candidates of mixed lengths (1..24 tokens) as raw token ids."""
+    g = torch.Generator().manual_seed(seed)
+    prefix = torch.randint(0, VOCAB, (prefix_len,), generator=g).tolist()
+    lens = torch.randint(1, 25, (n,), generator=g).tolist()
+    return prefix, [torch.randint(0, VOCAB, (k,), generator=g).tolist() for k in lens]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    texts = [f"Member {i} is a {['data', 'ml', 'web'][i % 3]} engineer in city {i % 11}. "
+             f"Applied to job {i * 7}. Saved post {i % 5}.\nCandidate job: analyst {i}\n"
+             f"Answer: {'Yes' if i % 2 else 'No'}" for i in range(400)]
+    return load_tokenizer(train_bpe_tokenizer(texts, 700, tmp_path_factory.mktemp("tok")))
+
+
+PREFIX_TEXT = ("Predict whether the member will apply to the candidate job.\n"
+               "Member: data engineer in city 3.\nHistory: applied to job 14; saved post 2; "
+               "applied to job 91.\nQuestion: Will the member apply to this job?")
+
+
+def candidate_texts(n: int) -> list[str]:
+    return [f"\nCandidate job: {['analyst', 'ml engineer', 'web lead'][i % 3]} {i}"
+            f"{' in city ' + str(i % 11) if i % 2 else ''}\nAnswer:" for i in range(n)]
+
+
+# --- exactness of the core function --------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 7, 64])
+def test_multi_item_equals_per_item(model, n):
+    prefix, cands = random_request(n, seed=n)
+    head = label_head(model, YES, NO)
+    multi = score_multi_item(model, prefix, cands, head)
+    ref = score_per_item_reference(model, prefix, cands, YES, NO)
+    assert multi.shape == (n,)
+    torch.testing.assert_close(multi, ref, atol=EXACT, rtol=0)
+    if n > 1:  # a mask bug could hide behind scores that are all the same
+        assert float(ref.std()) > 0.05
+
+
+def test_candidate_isolation(model):
+    prefix, cands = random_request(12, seed=3)
+    head = label_head(model, YES, NO)
+    base = score_multi_item(model, prefix, cands, head)
+    changed = [list(c) for c in cands]
+    changed[5] = [(t + 1) % VOCAB for t in changed[5]] + [11, 12, 13]  # other text, longer
+    after = score_multi_item(model, prefix, changed, head)
+    others = [i for i in range(12) if i != 5]
+    torch.testing.assert_close(after[others], base[others], atol=1e-6, rtol=0)
+    assert abs(float(after[5] - base[5])) > 1e-4
+
+
+def test_mask_and_positions():
+    pack = pack_candidates([1, 2, 3], [[4, 5], [6]])
+    assert pack.segment_ids == [0, 0, 0, 1, 1, 2]
+    assert pack.position_ids == [0, 1, 2, 3, 4, 3]  # candidate 2 restarts at P
+    assert pack.answer_index == [4, 5]
+    mask = dense_mask(torch.tensor([pack.segment_ids]))[0, 0]
+    assert mask[5].tolist() == [True, True, True, False, False, True]  # sees prefix + itself
+    assert mask[4].tolist() == [True, True, True, True, True, False]
+    assert mask[1].tolist() == [True, True, False, False, False, False]  # prefix is causal
+    cached = dense_mask(torch.tensor([pack.segment_ids]), q_offset=3)[0, 0]
+    assert torch.equal(cached, mask[3:])
+
+
+# --- chunking and batching -----------------------------------------------------------------
+
+
+def test_plan_chunks_budget():
+    lens = [5, 9, 3, 8, 8, 1]
+    chunks = plan_chunks(10, lens, 25)
+    assert [i for c in chunks for i in c] == list(range(6))
+    assert all(10 + sum(lens[i] for i in c) <= 25 for c in chunks)
+    with pytest.raises(ScoringError, match="max_tokens_per_pass"):
+        plan_chunks(20, lens, 25)
+
+
+@pytest.mark.parametrize(("reuse_cache", "cand_tokens"), [(True, None), (False, None), (True, 1)],
+                         ids=["cached-prefix", "recomputed-prefix", "one-candidate-per-pass"])
+def test_chunked_equals_single_pass(model, reuse_cache, cand_tokens):
+    prefix, cands = random_request(40, seed=5)
+    head = label_head(model, YES, NO)
+    whole = score_multi_item(model, prefix, cands, head)
+    chunked = score_multi_item(model, prefix, cands, head, max_tokens_per_pass=len(prefix) + 60,
+                               reuse_prefix_cache=reuse_cache, candidate_tokens_per_pass=cand_tokens)
+    torch.testing.assert_close(chunked, whole, atol=EXACT, rtol=0)
+
+
+@pytest.mark.parametrize("cand_tokens", [None, 0], ids=["prefix-first", "packed-batches"])
+def test_engine_text_and_batch(model, tokenizer, cand_tokens):
+    eng = ScoringEngine(model, tokenizer, device="cpu", max_tokens_per_pass=600,
+                        candidate_tokens_per_pass=cand_tokens)
+    assert eng.attention == "sdpa"
+    cands = candidate_texts(30)
+    scores = eng.score(PREFIX_TEXT, cands)
+    assert scores.dtype == np.float32 and scores.shape == (30,)
+    np.testing.assert_allclose(scores, eng.score_per_item(PREFIX_TEXT, cands), atol=EXACT)
+    # several members: different prefix lengths -> right padding; one chunked, one empty
+    requests = [(PREFIX_TEXT, cands[:4]), ("Short prefix.", cands[4:9]),
+                (PREFIX_TEXT + " Saved post 4." * 5, cands), ("Nothing to rank.", [])]
+    batch = eng.score_batch(requests)
+    assert [b.shape for b in batch] == [(4,), (5,), (30,), (0,)]
+    for (p, c), got in zip(requests[:3], batch[:3], strict=True):
+        np.testing.assert_allclose(got, eng.score_per_item(p, c), atol=EXACT)
+    margins = eng.score(PREFIX_TEXT, cands[:3], margins=True)
+    np.testing.assert_allclose(1 / (1 + np.exp(-margins)), scores[:3], atol=1e-6)
+
+
+def test_prefix_tokenized_once_and_identically(tokenizer, model):
+    eng = ScoringEngine(model, tokenizer, device="cpu")
+    p1, c1 = eng.tokenize(PREFIX_TEXT, candidate_texts(3))
+    p2, c2 = eng.tokenize(PREFIX_TEXT, candidate_texts(5)[2:])
+    assert p1 == p2 and c1[2] == c2[0]
+    assert tokenizer.decode(p1 + c1[0]) == PREFIX_TEXT + candidate_texts(1)[0]
+
+
+# --- label-head scoring --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_label_head_equals_full_vocab_softmax(tie):
+    model = small_model("dense", seed=1, tie_word_embeddings=tie)
+    ids = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(0))
+    head = label_head(model, YES, NO)
+    with torch.no_grad():
+        ours = label_probabilities(final_hidden_states(model, input_ids=ids).reshape(-1, 64),
+                                   head)
+        full = model(input_ids=ids).logits.reshape(-1, VOCAB)
+    ref = torch.softmax(full[:, [YES, NO]].float(), dim=-1)[:, 0]
+    torch.testing.assert_close(ours, ref, atol=EXACT, rtol=0)
+
+
+def test_label_head_is_fp32_for_bf16_model():
+    model = small_model("dense", seed=2, dtype="bfloat16")
+    head = label_head(model, YES, NO)
+    assert model.dtype == torch.bfloat16 and head.weight.dtype == torch.float32
+    prefix, cands = random_request(8, seed=8)
+    multi = score_multi_item(model, prefix, cands, head)
+    assert multi.dtype == torch.float32
+    ref = score_per_item_reference(model, prefix, cands, YES, NO)
+    torch.testing.assert_close(multi, ref, atol=3e-2, rtol=0)  # bf16 body, rounded logits
+
+
+def test_verify_label_head_catches_a_wrong_head():
+    model = small_model("dense", seed=3)
+    good = label_head(model, YES, NO)
+    verify_label_head(model, good)
+    bad = LabelHead(good.weight * 3, None, None, 1.0, YES, NO)  # e.g. an unknown logit scale
+    with pytest.raises(ScoringError, match="full forward"):
+        verify_label_head(model, bad)
+
+
+# --- factory, save/load ---------------------------------------------------------------------
+
+
+def test_presets_and_config_errors():
+    assert 1e6 < count_parameters(build_model(preset("tiny"), 4096)) < 10e6
+    assert 1e6 < count_parameters(build_model(preset("tiny-moe"), 4096)) < 10e6
+    with torch.device("meta"):  # shape only: no 2.4 GB of weights on a CI runner
+        big = build_model(preset("0.6b"), 151_936)
+    assert 550e6 < count_parameters(big) < 650e6
+    assert big.config.head_dim == 128 and big.config.num_key_value_heads == 8
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        ModelConfig(num_heads=8, num_kv_heads=3)
+    with pytest.raises(ValueError, match="extra"):
+        ModelConfig(hidden=64)
+    with pytest.raises(ValueError, match="tiny-moe"):
+        preset("huge")
+
+
+def test_save_load_round_trip(tmp_path, tokenizer):
+    model = small_model("moe", seed=4, vocab=len(tokenizer))
+    eng = ScoringEngine(model, tokenizer, device="cpu")
+    cands = candidate_texts(9)
+    before = eng.score(PREFIX_TEXT, cands)
+    out = save_model(model, tokenizer, tmp_path / "m")
+    names = {p.name for p in out.iterdir()}
+    assert any(n.endswith(".safetensors") for n in names)
+    assert not any(n.endswith((".bin", ".pt", ".pth")) for n in names)
+    after = ScoringEngine.from_pretrained(out, device="cpu").score(PREFIX_TEXT, cands)
+    np.testing.assert_array_equal(after, before)
+    via_config = build_model(ModelConfig(checkpoint=out), len(tokenizer))
+    assert via_config.config.model_type == "mixtral"
+
+
+def test_pickle_weights_refused(tmp_path, tokenizer):
+    model = small_model("dense", vocab=len(tokenizer))
+    out = save_model(model, tokenizer, tmp_path / "m")
+    for f in out.glob("*.safetensors"):
+        f.unlink()
+    torch.save(model.state_dict(), out / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="safetensors"):
+        load_model(out)
+    with pytest.raises(ModelLoadError, match="safetensors"):
+        ScoringEngine.from_pretrained(out)
+    with pytest.raises(ModelLoadError, match="not a directory"):
+        load_model(tmp_path / "missing")
+
+
+def _hf_kind(kind: str, vocab: int, **extra):
+    import transformers as tf
+
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, initializer_range=0.1,
+                  max_position_embeddings=2048, bos_token_id=None, eos_token_id=None)
+    cfg = {
+        "qwen2": lambda: tf.Qwen2Config(**common),  # q/k/v biases
+        "qwen3": lambda: tf.Qwen3Config(**common, head_dim=32),  # q/k RMSNorm, wide heads
+        "mistral": lambda: tf.MistralConfig(**common, sliding_window=None),
+        "qwen3_moe": lambda: tf.Qwen3MoeConfig(**common, num_experts=4, num_experts_per_tok=2,
+                                               moe_intermediate_size=64),
+    }[kind]()
+    for k, v in extra.items():
+        setattr(cfg, k, v)
+    torch.manual_seed(0)
+    return tf.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3", "mistral", "qwen3_moe"])
+def test_loaded_checkpoint_kinds(kind, tmp_path, tokenizer):
+    out = save_model(_hf_kind(kind, len(tokenizer)), tokenizer, tmp_path / kind)
+    eng = ScoringEngine.from_pretrained(out, device="cpu", max_tokens_per_pass=300)
+    assert eng.model.config.model_type == kind
+    cands = candidate_texts(12)
+    np.testing.assert_allclose(eng.score(PREFIX_TEXT, cands),
+                               eng.score_per_item(PREFIX_TEXT, cands), atol=EXACT)
+
+
+def test_sliding_window_model_refused_when_it_matters(tokenizer):
+    model = _hf_kind("mistral", len(tokenizer), sliding_window=32)
+    eng = ScoringEngine(model, tokenizer, device="cpu")
+    with pytest.raises(ScoringError, match="sliding"):
+        eng.score(PREFIX_TEXT, candidate_texts(2))
+
+
+# --- FlexAttention path ----------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention path needs CUDA")
+def test_flex_attention_gpu_matches_per_item(tokenizer):
+    model = small_model("dense", seed=5, vocab=len(tokenizer), dtype="bfloat16")
+    eng = ScoringEngine(model, tokenizer, device="cuda")
+    assert eng.attention == "flex_attention"
+    cands = candidate_texts(50)
+    multi = eng.score(PREFIX_TEXT * 4, cands)
+    ref = eng.score_per_item(PREFIX_TEXT * 4, cands)
+    np.testing.assert_allclose(multi, ref, atol=3e-2)  # bf16 tolerance
+    chunked = ScoringEngine(model, tokenizer, device="cuda", max_tokens_per_pass=400)
+    np.testing.assert_allclose(chunked.score(PREFIX_TEXT * 4, cands), ref, atol=3e-2)
+    moe = small_model("moe", seed=5, vocab=len(tokenizer))  # fp32 on GPU: tight
+    eng = ScoringEngine(moe, tokenizer, device="cuda")
+    np.testing.assert_allclose(eng.score(PREFIX_TEXT, cands), eng.score_per_item(PREFIX_TEXT, cands),
+                               atol=1e-4)
+
+
+@pytest.mark.skipif(os.environ.get("RANKBREW_TEST_FLEX_CPU") != "1",
+                    reason="compiles FlexAttention for CPU (~20 s); set RANKBREW_TEST_FLEX_CPU=1")
+def test_flex_attention_cpu_matches_per_item():
+    model = small_model("dense", seed=6)
+    head = label_head(model, YES, NO)
+    prefix, cands = random_request(20, prefix_len=150, seed=6)
+    ref = score_per_item_reference(model, prefix, cands, YES, NO)
+    model.set_attn_implementation("flex_attention")
+    multi = score_multi_item(model, prefix, cands, head)
+    cached = score_multi_item(model, prefix, cands, head, max_tokens_per_pass=250)
+    torch.testing.assert_close(multi, ref, atol=EXACT, rtol=0)
+    torch.testing.assert_close(cached, ref, atol=EXACT, rtol=0)
+    short = (prefix[:40], cands[:3])  # two rows, right-padded: a batched BlockMask
+    both = score_requests(model, [(prefix, cands), short], head, pad_id=0)
+    torch.testing.assert_close(torch.sigmoid(both[0]), ref, atol=EXACT, rtol=0)
+    torch.testing.assert_close(torch.sigmoid(both[1]),
+                               score_per_item_reference(model, *short, YES, NO), atol=EXACT, rtol=0)
+
+
+def test_module_imports_without_ray_or_mlflow():
+    import subprocess
+    import sys
+
+    code = ("import sys; import components.model, components.model.engine; "
+            "bad = [m for m in ('ray', 'mlflow') if m in sys.modules]; "
+            "assert not bad, bad")
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
