@@ -249,8 +249,7 @@ class PromptBuilder:
         per_item = pools.group_by("item_id", "item_type").agg(
             pl.col("created_at").first(), pl.col("popularity").sum()
         )
-        groups = [(k, g) for k, g in per_item.group_by("item_type")]
-        for (itype,), g in groups:
+        for (itype,), g in per_item.group_by("item_type"):
             out[(itype, "")] = g
         for (itype, surface), g in pools.filter(pl.col("surface") != "").group_by("item_type", "surface"):
             out[(itype, surface)] = g
@@ -293,7 +292,7 @@ class PromptBuilder:
         # Many tasks ask about the same impression, so they share (style, cutoff): the
         # budgeted history is computed once per member and (style, number of prior events).
         history_cache: dict[tuple[str, int], tuple[str, int, int]] = {}
-        seen_items = set(row["cand_item"]) | set()
+        seen_items = set(row["cand_item"])  # never sample a "negative" the member engaged with
         out: list[dict] = []
 
         # group the member's labeled events by (task, split), keeping time order
