@@ -13,11 +13,29 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def movielens_dir() -> Path | None:
-    """MovieLens-100K: $RANKBREW_ML100K or ../shared/data/ml-100k beside the repo."""
+def movielens_location() -> Path:
+    """Where MovieLens-100K should be: $RANKBREW_ML100K or ../shared/data/ml-100k."""
     env = os.environ.get("RANKBREW_ML100K")
-    p = Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "ml-100k"
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "ml-100k"
+
+
+def movielens_dir() -> Path | None:
+    """The MovieLens-100K directory, or None when it is absent."""
+    p = movielens_location()
     return p if (p / "u.data").exists() else None
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    """The unzipped ml-100k directory, or a skip that says how to get it."""
+    path = movielens_dir()
+    if path is None:
+        pytest.skip(
+            f"MovieLens-100K not found at {movielens_location()}: download it from "
+            "https://grouplens.org/datasets/movielens/100k/, unzip it there or set "
+            "RANKBREW_ML100K (never commit it: research-use licence)"
+        )
+    return path
 
 
 @pytest.fixture(scope="session")

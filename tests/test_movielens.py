@@ -6,7 +6,6 @@ Needs the dataset (research-use licence, never committed): $RANKBREW_ML100K or
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,25 +20,7 @@ from components.data.movielens import (
 )
 from components.data.tables import CanonicalTables, write_tables
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PL_TIMESTAMP = pl.Datetime("us", "UTC")
-
-
-def _locate_ml100k() -> Path:
-    env = os.environ.get("RANKBREW_ML100K")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "ml-100k"
-
-
-@pytest.fixture(scope="module")
-def ml100k_dir() -> Path:
-    """The unzipped ml-100k directory, or a skip that says how to get it."""
-    path = _locate_ml100k()
-    if not (path / "u.data").is_file():
-        pytest.skip(
-            f"MovieLens-100K not found at {path}: download it from {MOVIELENS_URL}, unzip it "
-            f"there or set RANKBREW_ML100K (never commit it: research-use licence)"
-        )
-    return path
 
 
 @pytest.fixture(scope="module")

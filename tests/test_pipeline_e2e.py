@@ -11,7 +11,6 @@ from components.config import load_config
 from components.data.tables import read_table
 from pipelines.dag import run_pipeline
 from pipelines.stages import build_pipeline
-from tests.conftest import movielens_dir
 
 
 def _run(cfg, stop_after=None):
@@ -69,12 +68,9 @@ def test_synthetic_data_pipeline_then_cache_hit(ray_local, tmp_path):
 
 
 @pytest.mark.movielens
-def test_movielens_data_pipeline(ray_local, tmp_path):
-    path = movielens_dir()
-    if path is None:
-        pytest.skip("MovieLens-100K not found: set RANKBREW_ML100K or put it in ../shared/data/ml-100k")
+def test_movielens_data_pipeline(ray_local, tmp_path, ml100k_dir):
     cfg = load_config("movielens", {
-        "run.work_dir": str(tmp_path / "work"), "data.movielens.path": str(path)})
+        "run.work_dir": str(tmp_path / "work"), "data.movielens.path": str(ml100k_dir)})
     run = _run(cfg)
     report = json.loads((run.results["validate"].path / "report.json").read_text())
     assert report["interactions"]["rows_in"] == 100_000
