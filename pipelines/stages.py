@@ -91,11 +91,10 @@ def validate(ctx: StageContext) -> dict[str, float]:
 
 def split(ctx: StageContext) -> dict[str, float]:
     """Temporal train/valid/test split with cold members and items marked."""
-    from components.data.split import split_dataset
-
     import polars as pl
 
     from components.data.plots import activity_buckets, plot_split
+    from components.data.split import split_dataset
 
     metrics = split_dataset(ctx.inputs["validate"], ctx.out_dir, ctx.cfg.split)
     cutoffs = json.loads((ctx.out_dir / "cutoffs.json").read_text())
