@@ -1,0 +1,190 @@
+"""Losses of the three stages, and the module that computes them under FSDP2.
+
+Every loss returns a :class:`LossParts` ``(sum, count)`` rather than a mean. Why: the
+training loop divides by the *global* count of the optimizer step (all micro-batches,
+all ranks), so the gradient is the same whatever the batch split, the gradient
+accumulation and the number of workers (a mean of per-micro-batch means weights a
+prompt with 2 answers like one with 20).
+
+* CPT: next-token cross-entropy over all real tokens (:func:`causal_lm_loss`).
+* SFT: the same cross-entropy over the answer tokens only (:func:`answer_sft_loss`),
+  computed from the hidden states at the cue positions times the full head, so the
+  ``[tokens, vocab]`` logits of the whole sequence are never formed.
+* Alignment: a pairwise ranking loss on the score ``s = logit_yes - logit_no`` over
+  every (positive, negative) candidate pair of the same prompt,
+  ``-log sigmoid(s_pos - s_neg)`` (:func:`pairwise_ranking_loss`), plus
+  ``sft_weight`` x the SFT loss. The pairwise term only sees differences of ``s``, so it
+  is blind to a shift of all scores; the SFT term pins P(yes) to the label rate and
+  keeps scores calibrated. (DPO was not chosen: with one-token answers and a fixed
+  candidate set it reduces to a pairwise logistic loss on log-ratios against a frozen
+  reference, which costs a second model in memory for little difference here.)
+
+Answer logits are computed in fp32 from the two label rows of the LM head
+(:func:`label_logits`): the score is a small difference of two large logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from components.train.data import IGNORE_INDEX, Batch, segment_mask
+
+
+@dataclass
+class LossParts:
+    """A summed loss and the number of terms it sums (tokens, answers or pairs)."""
+
+    total: torch.Tensor
+    count: int
+
+    def mean(self) -> torch.Tensor:
+        return self.total / max(self.count, 1)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> LossParts:
+    """Next-token cross-entropy: ``logits[:, t]`` predicts ``labels[:, t + 1]``;
+    ``-100`` labels are ignored. ``logits`` [B, T, V], ``labels`` [B, T]."""
+    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    shift_labels = labels[:, 1:].reshape(-1)
+    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX,
+                            reduction="sum")
+    return LossParts(total, int((shift_labels != IGNORE_INDEX).sum()))
+
+
+def label_logits(hidden: torch.Tensor, head_weight: torch.Tensor, yes_id: int, no_id: int
+                 ) -> torch.Tensor:
+    """``[n, hidden]`` -> ``[n, 2]`` fp32 (yes, no) logits from two rows of the head."""
+    rows = head_weight[[yes_id, no_id]].float()
+    return hidden.float() @ rows.T
+
+
+def score_margin(pair_logits: torch.Tensor) -> torch.Tensor:
+    """``s = logit_yes - logit_no``; ``sigmoid(s)`` = P(yes) renormalised over the two."""
+    return pair_logits[:, 0] - pair_logits[:, 1]
+
+
+def answer_sft_loss(vocab_logits: torch.Tensor, targets: torch.Tensor) -> LossParts:
+    """Full-vocabulary cross-entropy of the answer token at the cue positions only.
+
+    ``vocab_logits`` [n, V]: the cue hidden states times the whole head (computed inside
+    ``RankingLM.forward``, so ``n x V`` rather than ``tokens x V``); ``targets`` [n] ids.
+    """
+    if targets.numel() == 0:
+        return LossParts(vocab_logits.sum() * 0.0, 0)
+    return LossParts(F.cross_entropy(vocab_logits.float(), targets, reduction="sum"),
+                     int(targets.numel()))
+
+
+def pairwise_ranking_loss(scores: torch.Tensor, labels: torch.Tensor,
+                          groups: torch.Tensor) -> LossParts:
+    """``sum -log sigmoid(s_i - s_j)`` over pairs (i positive, j negative, same group).
+
+    Groups with only positives or only negatives contribute no pair. An empty set of
+    pairs gives a zero that still depends on ``scores`` (every rank must backpropagate
+    through the same parameters under FSDP).
+    """
+    pos = labels.bool()
+    pair = (groups[:, None] == groups[None, :]) & pos[:, None] & ~pos[None, :]
+    n_pairs = int(pair.sum())
+    if n_pairs == 0:
+        return LossParts(scores.sum() * 0.0, 0)
+    diff = scores[:, None] - scores[None, :]
+    return LossParts(F.softplus(-diff)[pair].sum(), n_pairs)
+
+
+def count_pairs(labels: torch.Tensor, groups: torch.Tensor) -> int:
+    """Number of (positive, negative) same-group pairs (for the global normaliser)."""
+    pos = labels.bool()
+    return int(((groups[:, None] == groups[None, :]) & pos[:, None] & ~pos[None, :]).sum())
+
+
+class RankingLM(nn.Module):
+    """A causal LM plus the forward passes the stages need.
+
+    Why a wrapper: FSDP2 gathers a module's parameters in that module's ``forward``.
+    Reading only the answer rows of the LM head means running the decoder body and then
+    touching ``lm_head.weight`` ourselves; making this wrapper the FSDP root puts the
+    embedding, final norm and head in its ``forward``, so they are gathered (and their
+    gradients reduced) like any other parameter.
+    """
+
+    def __init__(self, lm: nn.Module, yes_id: int, no_id: int) -> None:
+        super().__init__()
+        self.lm = lm
+        self.yes_id = int(yes_id)
+        self.no_id = int(no_id)
+        vocab = lm.get_output_embeddings().weight.shape[0]
+        for name, tid in (("yes", yes_id), ("no", no_id)):
+            if not 0 <= tid < vocab:
+                raise ValueError(f"{name} token id {tid} is outside the LM head (vocab {vocab}): "
+                                 f"the tokenizer does not match the model")
+
+    def body(self) -> nn.Module:
+        """The decoder without the head (``LlamaModel`` inside ``LlamaForCausalLM``)."""
+        return self.lm.get_decoder() if hasattr(self.lm, "get_decoder") else self.lm.model
+
+    def _attention_mask(self, batch: Batch, dtype: torch.dtype) -> torch.Tensor:
+        if not batch.dense_mask:
+            return batch.attention_mask
+        # additive float mask: SDPA/eager accept it as is (a bool one is converted per layer)
+        mask = segment_mask(batch.segment_ids)
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+            ~mask, torch.finfo(dtype).min)
+
+    def forward(self, batch: Batch, mode: str) -> dict[str, torch.Tensor]:
+        """``mode``: ``"lm"`` -> full logits [B, T, V] (CPT); ``"scores"`` -> the fp32
+        label logits [n, 2] at the cues (two rows of the head); ``"cues"`` -> those plus
+        the full-vocabulary logits [n, V] at the cues (for the SFT term).
+
+        Everything that reads the head weight happens here, inside the FSDP root's
+        forward, where the weight is gathered."""
+        dtype = next(self.lm.parameters()).dtype
+        out = self.body()(input_ids=batch.input_ids,
+                          attention_mask=self._attention_mask(batch, dtype),
+                          position_ids=batch.position_ids, use_cache=False)
+        hidden = out.last_hidden_state
+        head = self.lm.get_output_embeddings()
+        if mode == "lm":
+            return {"logits": head(hidden)}
+        if mode not in ("scores", "cues"):
+            raise ValueError(f"mode={mode!r}: use 'lm', 'scores' or 'cues'")
+        cue_hidden = hidden[batch.cue_rows, batch.cue_cols]
+        w = head.weight
+        out = {"pair_logits": label_logits(cue_hidden, w, self.yes_id, self.no_id)}
+        if mode == "cues":
+            # the SFT term needs the full vocabulary, but only at the n cue positions
+            out["vocab_logits"] = cue_hidden.float() @ w.float().T
+        return out
+
+
+def stage_loss(module: RankingLM, batch: Batch, stage: str, sft_weight: float = 0.5
+               ) -> dict[str, LossParts]:
+    """Run ``module`` on ``batch`` and return the stage's loss terms (summed, counted)."""
+    if stage == "cpt":
+        out = module(batch, "lm")
+        return {"lm": causal_lm_loss(out["logits"], batch.labels)}
+    out = module(batch, "cues")
+    targets = torch.where(batch.cue_labels.bool(), module.yes_id, module.no_id)
+    sft = answer_sft_loss(out["vocab_logits"], targets)
+    if stage == "sft":
+        return {"sft": sft}
+    if stage == "align":
+        scores = score_margin(out["pair_logits"])
+        rank = pairwise_ranking_loss(scores, batch.cue_labels, batch.cue_group)
+        return {"pairwise": rank, "sft": LossParts(sft.total * sft_weight, sft.count)}
+    raise ValueError(f"stage={stage!r}: use 'cpt', 'sft' or 'align'")
+
+
+def stage_counts(batch: Batch, stage: str) -> dict[str, int]:
+    """The terms each loss of ``stage_loss`` will count, known before the forward (for
+    the global normaliser)."""
+    if stage == "cpt":
+        return {"lm": int((batch.labels[:, 1:] != IGNORE_INDEX).sum())}
+    n = int(batch.cue_labels.numel())
+    if stage == "sft":
+        return {"sft": n}
+    return {"pairwise": count_pairs(batch.cue_labels, batch.cue_group), "sft": n}
