@@ -62,6 +62,10 @@ def run_promptify_job(
         batch_size=batch_size,
         num_cpus=cpus_per_task,
         compute=ray.data.TaskPoolStrategy(size=concurrency) if concurrency else None,
+        # One task, one CPU: the Rust tokenizer and Polars would otherwise each start a
+        # thread per core inside every task, so tasks fight over cores instead of scaling.
+        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "POLARS_MAX_THREADS": "1",
+                                  "RAYON_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}},
     )
     dest = Path(out_dir) / "examples"
     examples.write_parquet(str(dest))
