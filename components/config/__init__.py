@@ -15,19 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+# config_base has no rankbrew imports: component configs below use it too (no cycle)
+from components.config_base import ConfigError, StrictModel
+from components.model.factory import ModelConfig
+from components.train.config import TrainConfig, TrainDataConfig
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "pipelines" / "configs"
-
-
-class ConfigError(ValueError):
-    """A profile that cannot be used; the message names the key and the fix."""
-
-
-class StrictModel(BaseModel):
-    """Base for all configs: unknown keys are errors, values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class RunConfig(StrictModel):
@@ -161,6 +156,51 @@ class PromptifyConfig(StrictModel):
     seed: int = 0
 
 
+class TrainingConfig(StrictModel):
+    """The teacher's training stages, ``cpt -> sft -> align``, each a Ray Train run.
+
+    ``data`` shapes the token sequences (its directories are filled in by the stages from
+    the upstream artifacts: leave them null); ``cpt`` / ``sft`` / ``align`` are each
+    stage's optimisation settings (``max_steps: 0`` skips a stage: its output is its
+    input model).
+    """
+
+    enabled: bool = Field(True, description="false: the pipeline ends after promptify.")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (FSDP2 shards).")
+    cpus_per_worker: float | None = Field(
+        None, gt=0, description="Ray CPUs per worker (default: fits the cluster, leaving room "
+        "for the controller).")
+    use_gpu: bool = Field(False, description="One GPU per worker, NCCL, bf16 autocast.")
+    max_failures: int = Field(2, ge=0, description="Worker-group restarts from the last "
+                              "checkpoint before a stage fails.")
+    data: TrainDataConfig = TrainDataConfig()
+    cpt: TrainConfig = TrainConfig(stage="cpt")
+    sft: TrainConfig = TrainConfig(stage="sft")
+    align: TrainConfig = TrainConfig(stage="align")
+    registered_model_name: str | None = Field(
+        "rankbrew-teacher", description="MLflow registry name of the aligned teacher (null: "
+        "log the model without registering it).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_names(cls, raw: Any) -> Any:
+        # ``sft: {max_steps: 300}`` in YAML means a TrainConfig of stage sft.
+        if isinstance(raw, dict):
+            raw = dict(raw)
+            for stage in ("cpt", "sft", "align"):
+                if isinstance(raw.get(stage), dict):
+                    raw[stage] = {**raw[stage], "stage": stage}
+        return raw
+
+    @model_validator(mode="after")
+    def _no_dirs(self) -> TrainingConfig:
+        for name in ("examples_dir", "member_rows_dir", "history_cutoff"):
+            if getattr(self.data, name) is not None:
+                raise ValueError(f"train.data.{name} is set by the pipeline from the upstream "
+                                 f"stages: remove it from the profile")
+        return self
+
+
 class PipelineConfig(StrictModel):
     """A whole profile (one YAML file in pipelines/configs/)."""
 
@@ -170,6 +210,8 @@ class PipelineConfig(StrictModel):
     split: SplitConfig = SplitConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     promptify: PromptifyConfig = PromptifyConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainingConfig = TrainingConfig()
 
 
 def with_absolute_paths(cfg: PipelineConfig, base: Path | None = None) -> PipelineConfig:
@@ -260,6 +302,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "MappingSourceConfig",
+    "ModelConfig",
     "MovieLensConfig",
     "PipelineConfig",
     "PromptifyConfig",
@@ -269,6 +312,9 @@ __all__ = [
     "SplitConfig",
     "StrictModel",
     "SyntheticWorldConfig",
+    "TrainConfig",
+    "TrainDataConfig",
+    "TrainingConfig",
     "config_hash",
     "load_config",
     "with_absolute_paths",

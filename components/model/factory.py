@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from components.config import StrictModel
+from components.config_base import StrictModel
 
 DTYPES = ("float32", "bfloat16", "float16")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")

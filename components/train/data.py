@@ -43,58 +43,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import polars as pl
 import torch
-from pydantic import Field, model_validator
 
-from components.config import StrictModel
+from components.train.config import Layout
 
 IGNORE_INDEX = -100
 PREFIX_SEGMENT = 0
 PAD_SEGMENT = -1
 
-Layout = Literal["sequential", "multi_item"]
-
-
 class TrainDataError(ValueError):
     """Training data that cannot be used; the message names the field and the fix."""
-
-
-class TrainDataConfig(StrictModel):
-    """Where the training text comes from and how it becomes token sequences."""
-
-    examples_dir: Path | None = Field(
-        None, description="sft/align: the promptify stage's examples/ directory (Parquet).")
-    member_rows_dir: Path | None = Field(
-        None, description="cpt: the prepare stage's member_rows/ directory (Parquet).")
-    history_cutoff: datetime | None = Field(
-        None, description="cpt: keep history events strictly before this time (set it to the "
-        "split's valid_start so CPT never reads the evaluation window).")
-    history_column: str = Field("hist_markdown", description="cpt: verbalized history lines.")
-    profile_column: str | None = Field("profile_markdown", description="cpt: profile text "
-                                       "put before the history (null: history only).")
-    max_seq_len: int = Field(1024, ge=8, description="sft/align: tokens per prompt (cap).")
-    eval_max_seq_len: int = Field(4096, ge=8, description="Validation prompts' token cap.")
-    layout: Layout = "sequential"
-    cpt_seq_len: int = Field(512, ge=8, description="cpt: tokens per packed block.")
-    document_mask: bool = Field(True, description="cpt: documents in a block do not attend "
-                                "to each other (block-diagonal mask, positions restart).")
-    max_train_prompts: int | None = Field(None, ge=1, description="Use the first N training "
-                                          "prompts (by example_id) only.")
-    max_valid_prompts: int | None = Field(200, ge=1, description="Validation prompts scored "
-                                          "for valid_auc (first N by example_id).")
-    include_held_out: bool = Field(False, description="Train on held-out (zero-shot) tasks "
-                                   "too; normally they are kept out of training.")
-
-    @model_validator(mode="after")
-    def _lengths(self) -> TrainDataConfig:
-        if self.eval_max_seq_len < self.max_seq_len:
-            raise ValueError(f"data.eval_max_seq_len ({self.eval_max_seq_len}) < "
-                             f"data.max_seq_len ({self.max_seq_len}): raise eval_max_seq_len")
-        return self
 
 
 @dataclass

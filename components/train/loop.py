@@ -33,15 +33,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from pydantic import Field, model_validator
 from torch import nn
 
-from components.config import StrictModel
+from components.train.config import TrainConfig
 from components.train.data import (
     BatchPlan,
     PackedDataset,
@@ -61,45 +60,8 @@ from components.train.fsdp import (
 )
 from components.train.losses import RankingLM, score_margin, stage_counts, stage_loss
 
-Stage = Literal["cpt", "sft", "align"]
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-class TrainConfig(StrictModel):
-    """Optimisation settings of one stage (per worker unless said otherwise)."""
-
-    stage: Stage = "sft"
-    max_steps: int = Field(100, ge=1, description="Optimizer steps in total (not per run).")
-    batch_size: int = Field(4, ge=1, description="Sequences per micro-batch per worker.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    lr: float = Field(3e-4, gt=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine floor as a share of lr.")
-    warmup_steps: int = Field(10, ge=0)
-    weight_decay: float = Field(0.01, ge=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.95, ge=0, lt=1)
-    max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping.")
-    seed: int = 0
-    checkpoint_every: int = Field(50, ge=0, description="Steps between checkpoints; the last "
-                                  "step is always checkpointed. 0: only the last.")
-    keep_checkpoints: int = Field(2, ge=1, description="Local checkpoints kept (oldest "
-                                  "deleted).")
-    eval_every: int = Field(0, ge=0, description="Steps between validation AUCs (0: only at "
-                            "the end, if a validation set is given).")
-    eval_batch_size: int = Field(2, ge=1)
-    log_every: int = Field(1, ge=1)
-    align_sft_weight: float = Field(0.5, ge=0, description="align: weight of the SFT term "
-                                    "that keeps P(yes) calibrated.")
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: "
-                                "leave torch's default).")
-
-    @model_validator(mode="after")
-    def _warmup(self) -> TrainConfig:
-        if self.warmup_steps >= self.max_steps and self.max_steps > 1:
-            raise ValueError(f"train.warmup_steps ({self.warmup_steps}) must be below "
-                             f"train.max_steps ({self.max_steps}): lower warmup_steps")
-        return self
 
 
 def build_tiny_llama(vocab_size: int, hidden_size: int = 64, num_layers: int = 2,

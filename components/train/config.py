@@ -1,0 +1,90 @@
+"""Typed settings of the training stages (no torch import: profiles load them).
+
+``TrainDataConfig`` says where the text comes from and how it becomes token sequences;
+``TrainConfig`` is one stage's optimisation. Both are fields of a pipeline profile's
+``train`` section, so a typo in YAML fails at load time with the key's path.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from components.config_base import StrictModel
+
+Layout = Literal["sequential", "multi_item"]
+Stage = Literal["cpt", "sft", "align"]
+
+
+class TrainDataConfig(StrictModel):
+    """Where the training text comes from and how it becomes token sequences."""
+
+    examples_dir: Path | None = Field(
+        None, description="sft/align: the promptify stage's examples/ directory (Parquet).")
+    member_rows_dir: Path | None = Field(
+        None, description="cpt: the prepare stage's member_rows/ directory (Parquet).")
+    history_cutoff: datetime | None = Field(
+        None, description="cpt: keep history events strictly before this time (set it to the "
+        "split's valid_start so CPT never reads the evaluation window).")
+    history_column: str = Field("hist_markdown", description="cpt: verbalized history lines.")
+    profile_column: str | None = Field("profile_markdown", description="cpt: profile text "
+                                       "put before the history (null: history only).")
+    max_seq_len: int = Field(1024, ge=8, description="sft/align: tokens per prompt (cap).")
+    eval_max_seq_len: int = Field(4096, ge=8, description="Validation prompts' token cap.")
+    layout: Layout = "sequential"
+    cpt_seq_len: int = Field(512, ge=8, description="cpt: tokens per packed block.")
+    document_mask: bool = Field(True, description="cpt: documents in a block do not attend "
+                                "to each other (block-diagonal mask, positions restart).")
+    max_train_prompts: int | None = Field(None, ge=1, description="Use the first N training "
+                                          "prompts (by example_id) only.")
+    max_valid_prompts: int | None = Field(200, ge=1, description="Validation prompts scored "
+                                          "for valid_auc (first N by example_id).")
+    include_held_out: bool = Field(False, description="Train on held-out (zero-shot) tasks "
+                                   "too; normally they are kept out of training.")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> TrainDataConfig:
+        if self.eval_max_seq_len < self.max_seq_len:
+            raise ValueError(f"data.eval_max_seq_len ({self.eval_max_seq_len}) < "
+                             f"data.max_seq_len ({self.max_seq_len}): raise eval_max_seq_len")
+        return self
+
+
+
+class TrainConfig(StrictModel):
+    """Optimisation settings of one stage (per worker unless said otherwise)."""
+
+    stage: Stage = "sft"
+    max_steps: int = Field(100, ge=1, description="Optimizer steps in total (not per run).")
+    batch_size: int = Field(4, ge=1, description="Sequences per micro-batch per worker.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(3e-4, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine floor as a share of lr.")
+    warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping.")
+    seed: int = 0
+    checkpoint_every: int = Field(50, ge=0, description="Steps between checkpoints; the last "
+                                  "step is always checkpointed. 0: only the last.")
+    keep_checkpoints: int = Field(2, ge=1, description="Local checkpoints kept (oldest "
+                                  "deleted).")
+    eval_every: int = Field(0, ge=0, description="Steps between validation AUCs (0: only at "
+                            "the end, if a validation set is given).")
+    eval_batch_size: int = Field(2, ge=1)
+    log_every: int = Field(1, ge=1)
+    align_sft_weight: float = Field(0.5, ge=0, description="align: weight of the SFT term "
+                                    "that keeps P(yes) calibrated.")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: "
+                                "leave torch's default).")
+
+    @model_validator(mode="after")
+    def _warmup(self) -> TrainConfig:
+        if self.warmup_steps >= self.max_steps and self.max_steps > 1:
+            raise ValueError(f"train.warmup_steps ({self.warmup_steps}) must be below "
+                             f"train.max_steps ({self.max_steps}): lower warmup_steps")
+        return self
