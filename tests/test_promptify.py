@@ -256,3 +256,31 @@ def test_a_request_can_carry_a_custom_instruction(toy):
     assert stamps and max(stamps) == 149  # the most recent event before `now`, none after
     assert len(tok.encode(_history_section(prefix, "markdown"), add_special_tokens=False)) <= 60
     assert cands[0].endswith("Answer:") and "Data Engineer" in cands[0]
+
+
+def test_sampled_negatives_are_items_shown_just_before_the_cutoff():
+    from datetime import UTC, datetime, timedelta
+
+    import numpy as np
+
+    from components.promptify.negatives import NegativeSampler
+
+    t0 = datetime(2026, 1, 10, tzinfo=UTC)
+    rows = [(f"old{i}", "job", "jobs-home", t0 - timedelta(days=30)) for i in range(20)]
+    rows += [(f"fresh{i}", "job", "jobs-home", t0 - timedelta(hours=i + 1)) for i in range(20)]
+    rows += [(f"future{i}", "job", "jobs-home", t0 + timedelta(hours=i)) for i in range(20)]
+    rows += [(f"search{i}", "job", "job-search", t0 - timedelta(hours=2)) for i in range(5)]
+    pool = pl.DataFrame(rows, schema=["item_id", "item_type", "surface", "timestamp"], orient="row")
+    sampler = NegativeSampler(pool, window_days=3)
+    cut = int(t0.timestamp() * 1e6)
+    got = sampler.sample(np.random.default_rng(0), "job", "jobs-home", cut, {"fresh0"}, 6)
+    assert len(got) == 6 == len(set(got))
+    assert all(g.startswith("fresh") and g != "fresh0" for g in got)  # shown in the window, not excluded
+    assert got == sampler.sample(np.random.default_rng(0), "job", "jobs-home", cut, {"fresh0"}, 6)
+    # too few in the window: it widens to older impressions, never to later ones
+    many = sampler.sample(np.random.default_rng(1), "job", "jobs-home", cut, set(), 30)
+    assert len(many) == 30 and not any(g.startswith("future") for g in many)
+    assert any(g.startswith("old") for g in many)
+    # any surface when none is asked for; nothing before the first impression
+    assert any(g.startswith("search") for g in sampler.sample(np.random.default_rng(2), "job", None, cut, set(), 25))
+    assert sampler.sample(np.random.default_rng(0), "job", "jobs-home", cut - 40 * 86_400_000_000, set(), 3) == []

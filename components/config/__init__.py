@@ -150,6 +150,9 @@ class PromptifyConfig(StrictModel):
     negatives_per_positive: float = Field(2.0, ge=0.0, description="Training: logged negatives kept per positive.")
     sampled_negatives: int = Field(4, ge=0, description="Sampled negatives per prompt for tasks that sample.")
     hard_negatives: bool = Field(True, description="Sample negatives among items shown on the same surface.")
+    negative_window_days: float = Field(
+        3.0, gt=0, description="Sampled negatives are items shown in this many days before the "
+        "question (widened when too few): alive, fresh, exposure-weighted.")
     max_prompts_per_member_task: int = Field(4, ge=1, description="Training prompts per (member, task).")
     max_eval_candidates: int = Field(50, ge=2)
     blocks: int = Field(8, ge=1, description="Member partitions for the Ray Data job.")

@@ -48,6 +48,7 @@ from pydantic import Field
 from components.config import StrictModel
 from components.evaluate.metrics import roc_auc
 from components.promptify.examples import label_events
+from components.promptify.negatives import NegativeSampler, impression_pool
 from components.promptify.tasks import TaskSpec
 
 BASELINES = ("popularity", "lightgbm", "sasrec")
@@ -72,6 +73,8 @@ class BaselineConfig(StrictModel):
     sampled_negatives: int = Field(4, ge=0, description="Sampled negatives per training list "
                                    "of tasks with negatives: sampled (promptify's default).")
     hard_negatives: bool = Field(True, description="Sample among items shown on the task's surface.")
+    negative_window_days: float = Field(3.0, gt=0, description="As promptify: negatives are items "
+                                        "shown in this many days before the cutoff.")
     not_engaged_actions: list[str] = Field(
         ["impression", "dismiss", "hide"],
         description="Actions that are not engagement: left out of engaged counts, "
@@ -151,32 +154,14 @@ class BaselineData:
 
 
 # ============================================================================ training lists
-def _item_pools(data: BaselineData) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Negative-sampling pools as promptify builds them: (item_type, surface or '') ->
-    (ids, created_at µs, weight = train events + 1), sorted by creation time."""
-    items = data.items
-    created = (pl.col("created_at").dt.epoch("us") if "created_at" in items.columns
-               else pl.lit(None, dtype=pl.Int64))
-    base = items.select("item_id", "item_type", created.fill_null(np.iinfo(np.int64).min).alias("created"))
-    pop = data.interactions.filter(pl.col("split") == "train").group_by("item_id", "surface").len("n")
-    per_type = base.join(pop.group_by("item_id").agg(pl.col("n").sum()), on="item_id", how="left")
-    per_surface = base.join(pop, on="item_id", how="inner")
-    pools = {}
-    for keys, g in [*per_type.group_by("item_type"), *per_surface.group_by("item_type", "surface")]:
-        key = (keys[0], keys[1] if len(keys) > 1 else "")
-        g = g.sort("created", "item_id")
-        pools[key] = (g["item_id"].to_numpy(), g["created"].to_numpy(),
-                      g["n"].fill_null(0).to_numpy().astype(np.float64) + 1.0)
-    return pools
-
-
 def _sample_negatives(rows: pl.DataFrame, data: BaselineData, tasks: dict[str, TaskSpec],
                       cfg: BaselineConfig, labeled_items: dict[str, set[str]]) -> pl.DataFrame:
-    """Sampled negatives (label 0) for the lists of tasks that sample negatives."""
+    """Sampled negatives (label 0) for the lists of tasks that sample negatives, drawn
+    like promptify's (:class:`components.promptify.negatives.NegativeSampler`)."""
     sampling = [t for t in tasks.values() if t.negatives != "logged"]
     if not sampling or cfg.sampled_negatives == 0:
         return rows.clear()
-    pools = _item_pools(data)
+    sampler = NegativeSampler(impression_pool(data.interactions, data.items), cfg.negative_window_days)
     lists = (rows.filter(pl.col("task_id").is_in([t.id for t in sampling]))
              .group_by("list_id", "member_id", "task_id", "cutoff")
              .agg(pl.col("item_id")).sort("list_id")
@@ -184,19 +169,10 @@ def _sample_negatives(rows: pl.DataFrame, data: BaselineData, tasks: dict[str, T
     out = []
     for list_id, member, task_id, cutoff, items, cutoff_us in lists.iter_rows():
         task = tasks[task_id]
-        key = (task.item_type, task.surface or "") if cfg.hard_negatives and task.surface else (task.item_type, "")
-        pool = pools.get(key) or pools.get((task.item_type, ""))
-        if pool is None:
-            continue
-        ids, created, w = pool
-        alive = int(np.searchsorted(created, cutoff_us, side="right"))
-        if alive == 0:
-            continue
-        k = cfg.sampled_negatives
         rng = np.random.default_rng([cfg.seed, zlib.crc32(list_id.encode())])
-        picks = rng.choice(alive, size=min(alive, 4 * k), replace=False, p=w[:alive] / w[:alive].sum())
         exclude = labeled_items.get(member, set()) | set(items)
-        neg = [str(ids[i]) for i in picks if str(ids[i]) not in exclude][:k]
+        neg = sampler.sample(rng, task.item_type, task.surface if cfg.hard_negatives else None,
+                             cutoff_us, exclude, cfg.sampled_negatives)
         out += [(list_id, member, task_id, cutoff, it, 0) for it in neg]
     return pl.DataFrame(out, schema=rows.schema, orient="row")
 

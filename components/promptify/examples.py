@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from components.config import PromptifyConfig
 from components.promptify.budget import count_tokens, fit_to_budget
+from components.promptify.negatives import NegativeSampler, impression_pool
 from components.promptify.tasks import TaskSpec
 from components.promptify.verbalize import (
     STYLES,
@@ -88,7 +89,7 @@ class PreparedData:
 
     members_dir: Path      # member rows with list columns (input of the Ray Data job)
     items_text: Path       # item_id, item_type, full_<style>
-    item_pools: Path       # item_id, item_type, surface, created_at, popularity
+    item_pools: Path       # impressions: item_id, item_type, surface, timestamp
 
 
 def example_accounting(examples: pl.LazyFrame | pl.DataFrame, prepare_stats: dict[str, float]) -> dict[str, float]:
@@ -172,15 +173,8 @@ def prepare_member_table(
             part.write_parquet(mdir / f"part-{b:05d}.parquet")
     itext_path = out_dir / "items_text.parquet"
     itext.select("item_id", "item_type", *[f"full_{s}" for s in STYLES]).write_parquet(itext_path)
-    pop = inter.filter(pl.col("split") == "train").group_by("item_id", "surface").len("popularity")
-    created = items.select(
-        "item_id", "item_type",
-        (pl.col("created_at") if "created_at" in items.columns
-         else pl.lit(None, dtype=pl.Datetime("us", "UTC"))).alias("created_at"),
-    )
-    pools = created.join(pop, on="item_id", how="left").with_columns(
-        pl.col("popularity").fill_null(0), pl.col("surface").fill_null("")
-    )
+    # negatives are drawn from what was being shown before each question (see negatives.py)
+    pools = impression_pool(inter, items)
     pools_path = out_dir / "item_pools.parquet"
     pools.write_parquet(pools_path)
     held = {t.id for t in tasks if t.held_out}
@@ -241,43 +235,7 @@ class PromptBuilder:
         it = pl.read_parquet(prepared.items_text)
         self.item_type = dict(zip(it["item_id"], it["item_type"], strict=True))
         self.item_text = {s: dict(zip(it["item_id"], it[f"full_{s}"], strict=True)) for s in STYLES}
-        self.pools = self._pools(pl.read_parquet(prepared.item_pools))
-
-    def _pools(self, pools: pl.DataFrame) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(item_type, surface or '') -> (ids, created_at as int64 us, weights), sorted by created_at."""
-        out = {}
-        per_item = pools.group_by("item_id", "item_type").agg(
-            pl.col("created_at").first(), pl.col("popularity").sum()
-        )
-        for (itype,), g in per_item.group_by("item_type"):
-            out[(itype, "")] = g
-        for (itype, surface), g in pools.filter(pl.col("surface") != "").group_by("item_type", "surface"):
-            out[(itype, surface)] = g
-        arrays = {}
-        for key, g in out.items():
-            g = g.sort("created_at", nulls_last=False)
-            created = g["created_at"].dt.epoch("us").fill_null(np.iinfo(np.int64).min).to_numpy()
-            w = g["popularity"].to_numpy().astype(np.float64) + 1.0  # add-one: new items can appear
-            arrays[key] = (g["item_id"].to_numpy(), created, w)
-        return arrays
-
-    # ------------------------------------------------------------------ sampling
-    def _sample_negatives(self, rng: np.random.Generator, task: TaskSpec, surface: str | None,
-                          cutoff_us: int, exclude: set[str], k: int) -> list[str]:
-        if k <= 0:
-            return []
-        key = (task.item_type, surface or "") if self.cfg.hard_negatives and surface else (task.item_type, "")
-        pool = self.pools.get(key) or self.pools.get((task.item_type, ""))
-        if pool is None:
-            return []
-        ids, created, w = pool
-        alive = int(np.searchsorted(created, cutoff_us, side="right"))  # only items that existed
-        if alive == 0:
-            return []
-        p = w[:alive] / w[:alive].sum()
-        picks = rng.choice(alive, size=min(alive, 4 * k), replace=False, p=p)
-        out = [str(ids[i]) for i in picks if str(ids[i]) not in exclude][:k]
-        return out
+        self.negatives = NegativeSampler.from_parquet(prepared.item_pools, cfg.negative_window_days)
 
     # ------------------------------------------------------------------ one member
     def _member_examples(self, row: dict) -> list[dict]:
@@ -314,8 +272,9 @@ class PromptBuilder:
                 cutoff_us = int(cutoff.timestamp() * 1e6)
                 n_sampled = 0
                 if task.negatives != "logged" and cfg.sampled_negatives:
-                    neg = self._sample_negatives(rng, task, task.surface, cutoff_us,
-                                                 seen_items | set(items), cfg.sampled_negatives)
+                    neg = self.negatives.sample(
+                        rng, task.item_type, task.surface if cfg.hard_negatives else None,
+                        cutoff_us, seen_items | set(items), cfg.sampled_negatives)
                     items, labels = items + neg, labels + [0] * len(neg)
                     n_sampled = len(neg)
                 style = str(rng.choice(cfg.styles)) if split == "train" else cfg.eval_style
