@@ -47,6 +47,9 @@ class StageContext:
     out_dir: Path
     inputs: dict[str, Path]
     mlflow_run_id: str | None = None
+    resume_dir: Path | None = None
+    """Survives a crashed attempt (the output dir does not): a long stage keeps its
+    checkpoints here, keyed like the artifact, and a rerun continues from them."""
 
     def log(self, message: str) -> None:
         print(f"[{self.stage}] {message}", flush=True)
@@ -222,7 +225,10 @@ def execute_stage(stage: Stage, cfg: PipelineConfig, info: RunInfo, *upstream: S
                 shutil.rmtree(stale, ignore_errors=True)  # left by a crashed attempt
             tmp = final.parent / f"{key}.partial-{uuid.uuid4().hex[:8]}"
             tmp.mkdir()
-            ctx = StageContext(stage.name, cfg, tmp, inputs, run_id)
+            resume = final.parent / f"{key}.resume"
+            if stage.name in info.force:
+                shutil.rmtree(resume, ignore_errors=True)  # forced: start over
+            ctx = StageContext(stage.name, cfg, tmp, inputs, run_id, resume)
             ctx.log(f"running (key {key})")
             metrics = {k: float(v) for k, v in (stage.run(ctx) or {}).items()}
             manifest = {

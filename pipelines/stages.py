@@ -247,4 +247,9 @@ PROMPT_STAGES = (
 
 def build_pipeline(cfg: PipelineConfig) -> Pipeline:
     """The full stage graph for a profile (later stages join as they are built)."""
-    return Pipeline(cfg.run.name, DATA_STAGES + PROMPT_STAGES)
+    from pipelines.teacher_stages import TEACHER_STAGES
+
+    stages = DATA_STAGES + PROMPT_STAGES
+    if cfg.train.enabled:
+        stages += TEACHER_STAGES
+    return Pipeline(cfg.run.name, stages)

@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.train.data import TrainDataConfig
-from components.train.loop import Stage, TrainConfig
+from components.train.config import Stage, TrainConfig, TrainDataConfig
 
 FINAL_MODEL_DIR = "final_model"
 
@@ -91,11 +90,18 @@ def build_datasets(stage: str, data: TrainDataConfig, tokenizer, yes_id: int, no
 
 def load_base_model(base_model: str | Path | dict[str, Any] | None, vocab_size: int,
                     seed: int, pad_id: int | None, eos_id: int | None):
-    """A local HF causal-LM directory (safetensors only), or ``build_tiny_llama(**dict)``."""
+    """A local HF causal-LM directory (safetensors only); ``{"model_config": {...}}``, a
+    :class:`components.model.factory.ModelConfig` to build; or ``build_tiny_llama(**dict)``."""
     import torch
 
     from components.train.loop import build_tiny_llama
 
+    if isinstance(base_model, dict) and "model_config" in base_model:
+        from components.model.factory import ModelConfig, build_model
+
+        torch.manual_seed(seed)  # the same initial weights on every rank
+        return build_model(ModelConfig.model_validate(base_model["model_config"]), vocab_size,
+                           pad_token_id=pad_id)
     if base_model is None or isinstance(base_model, dict):
         kwargs = dict(base_model or {})
         kwargs.setdefault("seed", seed)

@@ -17,15 +17,28 @@ def _run(cfg, stop_after=None):
     return run_pipeline(build_pipeline(cfg), cfg, profile="test", stop_after=stop_after)
 
 
-def test_synthetic_data_pipeline_then_cache_hit(ray_local, tmp_path):
+#: A teacher small enough for a test: the stages, not the model quality, are under test
+#: (quality is measured by the evaluation stage and reported in docs/benchmarks.md).
+TINY_TEACHER = {
+    "model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 2,
+    "model.num_kv_heads": 1, "model.intermediate_size": 64,
+    "train.data.max_train_prompts": 64, "train.data.max_valid_prompts": 48,
+    **{f"train.{s}.{k}": v for s in ("cpt", "sft", "align")
+       for k, v in (("max_steps", 3), ("warmup_steps", 1), ("checkpoint_every", 2))},
+}
+
+
+def test_synthetic_pipeline_then_cache_hit(ray_local, tmp_path):
     import mlflow
 
     cfg = load_config("local", {
         "run.work_dir": str(tmp_path / "work"), "run.name": "data-e2e",
         "data.synthetic.members": 300, "data.synthetic.members_per_file": 100,
+        **TINY_TEACHER,
     })
     first = _run(cfg)
-    assert list(first.results) == ["ingest", "validate", "split", "prepare", "tokenizer", "promptify"]
+    assert list(first.results) == ["ingest", "validate", "split", "prepare", "tokenizer", "promptify",
+                                   "cpt", "sft", "align"]
     assert not any(r.cached for r in first.results.values())
 
     ingest, validate, split = (first.results[s] for s in ("ingest", "validate", "split"))
@@ -65,6 +78,35 @@ def test_synthetic_data_pipeline_then_cache_hit(ray_local, tmp_path):
     plots = mlflow.artifacts.list_artifacts(run_id=by_stage["split"].info.run_id, artifact_path="plots")
     assert [p.path for p in plots] == ["plots/split.png"]
     assert sum(v for k, v in by_stage["split"].data.metrics.items() if k.startswith("members_with_events.")) > 0
+
+    # the teacher stages: each continued from the previous model, logged curves and plots
+    for stage in ("cpt", "sft", "align"):
+        res = first.results[stage]
+        assert res.metrics["steps"] == 3
+        assert any((res.path / "model").glob("*.safetensors"))
+        m = by_stage[stage].data.metrics
+        assert f"{stage}.loss" in m and "tokens_per_s_median" in m
+        hist = mlflow.tracking.MlflowClient().get_metric_history(by_stage[stage].info.run_id, f"{stage}.loss")
+        assert [h.step for h in hist] == [1, 2, 3]
+        plots = mlflow.artifacts.list_artifacts(run_id=by_stage[stage].info.run_id, artifact_path="plots")
+        assert [p.path for p in plots] == [f"plots/{stage}_loss.png"]
+    for stage in ("sft", "align"):
+        m = by_stage[stage].data.metrics
+        assert 0.0 <= m["valid_task_auc_mean"] <= 1.0 and m["valid_log_loss"] > 0
+    assert "delta_vs_sft.valid_task_auc_mean" in by_stage["align"].data.metrics
+    versions = mlflow.tracking.MlflowClient().search_model_versions("name='rankbrew-teacher'")
+    assert [v.run_id for v in versions] == [by_stage["align"].info.run_id]
+    # the registered teacher loads anywhere and scores like the stage's model directory
+    scorer = mlflow.pyfunc.load_model(f"models:/rankbrew-teacher/{versions[0].version}")
+    ex = pl.read_parquet(first.results["promptify"].path / "examples").filter(pl.col("split") == "valid").head(2)
+    got = scorer.predict(ex.select("prefix", "candidates").to_pandas())
+    from components.model.engine import ScoringEngine
+
+    want = ScoringEngine.from_pretrained(first.results["align"].path / "model").score_batch(
+        list(zip(ex["prefix"], [list(c) for c in ex["candidates"]], strict=True)))
+    assert [len(g) for g in got] == [len(c) for c in ex["candidates"]]
+    for g, w in zip(got, want, strict=True):
+        assert max(abs(a - float(b)) for a, b in zip(g, w, strict=True)) < 1e-5
 
 
 @pytest.mark.movielens

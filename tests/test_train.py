@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from components.promptify.tokenizer import answer_token_ids, load_tokenizer, train_bpe_tokenizer
+from components.train.config import TrainConfig, TrainDataConfig
 from components.train.data import (
     IGNORE_INDEX,
     BatchPlan,
     TokenizeStats,
-    TrainDataConfig,
     build_cpt_dataset,
     collate,
     layout_prompt,
@@ -33,7 +33,6 @@ from components.train.data import (
     tokenize_prompts,
 )
 from components.train.loop import (
-    TrainConfig,
     build_tiny_llama,
     latest_checkpoint,
     load_weights,

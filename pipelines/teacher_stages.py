@@ -1,0 +1,204 @@
+"""The teacher's training stages: ``cpt -> sft -> align``, each a Ray Train run.
+
+Thin wrappers over :func:`pipelines.train_job.run_training`: they pick the inputs from
+the upstream artifacts (member rows and the split's validation start for CPT; the
+promptified examples for SFT and alignment), continue from the previous stage's model,
+keep Ray Train's checkpoints in the stage's ``resume_dir`` (a crashed stage continues
+from its last checkpoint when the pipeline is run again) and leave
+``<artifact>/model/`` (safetensors + tokenizer) for the next stage.
+
+After training, each prompt stage scores the validation prompts with the new model and
+logs per-task AUC and calibration, so MLflow shows what SFT and alignment changed; the
+aligned teacher is logged and registered in the MLflow model registry.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from components.config import PipelineConfig
+from pipelines.dag import Stage, StageContext
+
+MODEL_DIR = "model"
+
+
+def _base_model(cfg: PipelineConfig) -> dict[str, Any] | str:
+    """The initial model of the first stage: a local checkpoint, or the configured shape."""
+    if cfg.model.checkpoint is not None:
+        return str(cfg.model.checkpoint)
+    return {"model_config": cfg.model.model_dump(mode="json")}
+
+
+def _run(ctx: StageContext, stage: str, data_update: dict[str, Any],
+         base_model: dict[str, Any] | str) -> dict[str, float]:
+    from components.tracking import default_tracking_uri
+    from pipelines.train_job import run_training
+
+    tcfg = ctx.cfg.train
+    assert ctx.resume_dir is not None
+    data = tcfg.data.model_copy(update=data_update)
+    uri = ctx.cfg.run.mlflow_tracking_uri or default_tracking_uri(ctx.cfg.run.work_dir)
+    out = run_training(
+        stage, data=data, train=getattr(tcfg, stage),
+        tokenizer_dir=ctx.inputs["tokenizer"] / "tokenizer", base_model=base_model,
+        storage_path=ctx.resume_dir.resolve(), name=stage, num_workers=tcfg.num_workers,
+        cpus_per_worker=tcfg.cpus_per_worker, use_gpu=tcfg.use_gpu,
+        max_failures=tcfg.max_failures, mlflow_run_id=ctx.mlflow_run_id,
+        mlflow_tracking_uri=uri if ctx.mlflow_run_id else None)
+    dest = ctx.out_dir / MODEL_DIR
+    shutil.copytree(out.model_dir, dest)
+    (ctx.out_dir / "history.json").write_text(json.dumps(out.history))
+    hist = out.history
+    steady = sorted(h["tokens_per_s"] for h in hist[2:]) or [hist[-1]["tokens_per_s"]]
+    last = hist[-10:]
+    metrics = {
+        "train_seconds": out.seconds,
+        "steps": float(hist[-1]["step"]) if hist else 0.0,
+        "tokens_seen": float(hist[-1].get("tokens_seen", 0)) if hist else 0.0,
+        "tokens_per_s_median": float(steady[len(steady) // 2]),
+        "loss_first": float(hist[0]["loss"]),
+        "loss_last10_mean": float(sum(h["loss"] for h in last) / len(last)),
+        "resumed_from_step": float(out.resumed_from_step or 0),
+        **{f"data.{k}": float(v) for k, v in out.data_stats.items()},
+    }
+    for e in out.evals[-1:]:
+        metrics.update({k: float(v) for k, v in e.items() if k != "step"})
+    ctx.log_artifact(_plot_history(hist, stage, ctx.out_dir / "plots" / f"{stage}_loss.png"),
+                     "plots")
+    ctx.log(f"{stage}: {out.seconds:.0f}s, loss {metrics['loss_first']:.3f} -> "
+            f"{metrics['loss_last10_mean']:.3f}, {metrics['tokens_per_s_median']:.0f} tokens/s")
+    return metrics
+
+
+def _plot_history(history: list[dict[str, float]], stage: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [h["loss"] for h in history], lw=0.6, alpha=0.5, label="loss")
+    k = max(1, len(history) // 20)
+    smooth = [sum(h["loss"] for h in history[max(0, i - k):i + 1]) / len(history[max(0, i - k):i + 1])
+              for i in range(len(history))]
+    ax.plot(steps, smooth, lw=1.5, label=f"moving mean ({k + 1})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{stage} training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def validation_report(ctx: StageContext, model_dir: Path, limit: int) -> dict[str, float]:
+    """Per-task AUC, log loss and ECE of ``model_dir`` on the first ``limit`` validation
+    prompts (multi-item scoring, as served); logged so stages can be compared."""
+    import numpy as np
+    import polars as pl
+
+    from components.model.engine import ScoringEngine
+    from components.train.data import read_examples
+    from components.train.loop import roc_auc
+
+    examples = ctx.inputs["promptify"] / "examples"
+    rows = read_examples(examples, "valid", include_held_out=True, limit=None)
+    rows = rows.join(pl.read_parquet(examples, columns=["example_id", "task_id"]),
+                     on="example_id", how="left")
+    rows = rows.sample(n=min(limit, rows.height), seed=0) if rows.height else rows
+    engine = ScoringEngine.from_pretrained(model_dir)
+    probs = engine.score_batch([(p, list(c)) for p, c in zip(rows["prefix"], rows["candidates"],
+                                                              strict=True)])
+    metrics: dict[str, float] = {}
+    per_task: dict[str, tuple[list[float], list[int]]] = {}
+    for task, p, y in zip(rows["task_id"], probs, rows["labels"], strict=True):
+        s, lab = per_task.setdefault(task, ([], []))
+        s.extend(np.asarray(p, dtype=np.float64).tolist())
+        lab.extend(int(v) for v in y)
+    aucs = {}
+    for task, (s, lab) in sorted(per_task.items()):
+        a = roc_auc(np.array(s), np.array(lab))
+        if not math.isnan(a):
+            aucs[task] = a
+            metrics[f"valid_task_auc.{task}"] = a
+    # nan (not absent) when no task had both classes: the run still shows the metric
+    metrics["valid_task_auc_mean"] = float(np.mean(list(aucs.values()))) if aucs else math.nan
+    allp = np.clip(np.concatenate([np.asarray(p, dtype=np.float64) for p in probs]), 1e-7, 1 - 1e-7)
+    ally = np.concatenate([np.asarray(y, dtype=np.float64) for y in rows["labels"]])
+    metrics["valid_log_loss"] = float(-np.mean(ally * np.log(allp) + (1 - ally) * np.log(1 - allp)))
+    metrics["valid_mean_p_yes"] = float(allp.mean())
+    metrics["valid_positive_rate"] = float(ally.mean())
+    (ctx.out_dir / "valid_report.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def cpt(ctx: StageContext) -> dict[str, float]:
+    """Continued pre-training on verbalized member histories (before the validation start)."""
+    cutoffs = json.loads((ctx.inputs["split"] / "cutoffs.json").read_text())
+    return _run(ctx, "cpt", {"member_rows_dir": ctx.inputs["prepare"] / "member_rows",
+                             "history_cutoff": cutoffs["valid_start"]}, _base_model(ctx.cfg))
+
+
+def sft(ctx: StageContext) -> dict[str, float]:
+    """Answer-token SFT on the promptified training examples, from the CPT model."""
+    metrics = _run(ctx, "sft", {"examples_dir": ctx.inputs["promptify"] / "examples"},
+                   str(ctx.inputs["cpt"] / MODEL_DIR))
+    metrics.update(validation_report(ctx, ctx.out_dir / MODEL_DIR,
+                                     ctx.cfg.train.data.max_valid_prompts or 200))
+    return metrics
+
+
+def align(ctx: StageContext) -> dict[str, float]:
+    """Pairwise-ranking alignment from the SFT model; logs and registers the teacher."""
+    metrics = _run(ctx, "align", {"examples_dir": ctx.inputs["promptify"] / "examples"},
+                   str(ctx.inputs["sft"] / MODEL_DIR))
+    metrics.update(validation_report(ctx, ctx.out_dir / MODEL_DIR,
+                                     ctx.cfg.train.data.max_valid_prompts or 200))
+    sft_report = ctx.inputs["sft"] / "valid_report.json"
+    if sft_report.exists():  # what alignment changed, as deltas next to the values
+        before = json.loads(sft_report.read_text())
+        for k in ("valid_task_auc_mean", "valid_log_loss"):
+            if k in before and k in metrics:
+                metrics[f"delta_vs_sft.{k}"] = metrics[k] - before[k]
+    _log_teacher(ctx)
+    return metrics
+
+
+def _log_teacher(ctx: StageContext) -> None:
+    """Log the teacher as an MLflow pyfunc model (weights + tokenizer as its artifact) and
+    register it, so ``models:/rankbrew-teacher/<version>`` loads a scorer anywhere."""
+    if ctx.mlflow_run_id is None:
+        return
+    import mlflow
+
+    from pipelines.registry import TeacherScorer, pip_requirements
+
+    name = ctx.cfg.train.registered_model_name
+    info = mlflow.pyfunc.log_model(
+        name="teacher", python_model=TeacherScorer(),
+        artifacts={"model": str(ctx.out_dir / MODEL_DIR)},
+        pip_requirements=pip_requirements(), registered_model_name=name or None)
+    if name:
+        ctx.log(f"registered {name} version {info.registered_model_version} ({info.model_uri})")
+
+
+TRAIN_KEYS = ("model", "train.num_workers", "train.data", "train.use_gpu")
+
+TEACHER_STAGES = (
+    Stage("cpt", cpt, deps=("split", "prepare", "tokenizer"),
+          config_keys=(*TRAIN_KEYS, "train.cpt"), num_cpus=0,
+          description="Ray Train FSDP2: continued pre-training on member histories"),
+    Stage("sft", sft, deps=("promptify", "tokenizer", "cpt"),
+          config_keys=(*TRAIN_KEYS, "train.sft"), num_cpus=0,
+          description="Ray Train FSDP2: answer-token SFT on promptified examples"),
+    Stage("align", align, deps=("promptify", "tokenizer", "sft"),
+          config_keys=(*TRAIN_KEYS, "train.align", "train.registered_model_name"), num_cpus=0,
+          description="Ray Train FSDP2: pairwise ranking alignment -> registered teacher"),
+)
