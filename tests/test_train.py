@@ -45,6 +45,8 @@ from components.train.losses import (
     causal_lm_loss,
     label_logits,
     pairwise_ranking_loss,
+    prompt_lm_labels,
+    stage_counts,
     stage_loss,
 )
 
@@ -249,6 +251,28 @@ def test_losses_match_references(corpus):
     assert torch.allclose(ours, hf, atol=1e-5)
     lm_parts = causal_lm_loss(torch.randn(2, 5, 9), torch.tensor([[1, 2, 3, -100, -100]] * 2))
     assert lm_parts.count == 4
+
+
+def test_auxiliary_prompt_lm_targets_stay_inside_segments(corpus):
+    tok = corpus["tok"]
+    yes, no = corpus["answers"]
+    ds, _ = sft_sets(corpus, "multi_item")
+    b = collate(ds.prompts[:3], tok.pad_token_id)
+    lab = prompt_lm_labels(b)
+    seg = b.segment_ids
+    t = lab != IGNORE_INDEX
+    assert t.any()
+    assert not t[:, 0].any()
+    # a target continues its own segment: never a candidate predicted from another one
+    assert (seg[:, 1:][t[:, 1:]] == seg[:, :-1][t[:, 1:]]).all()
+    assert (seg[t] >= 0).all() and torch.equal(lab[t], b.input_ids[t])
+    assert not (t & (b.labels != IGNORE_INDEX)).any()  # answers belong to the SFT term
+    module = RankingLM(build_tiny_llama(len(tok), **TINY, seed=2), yes, no)
+    parts = stage_loss(module, b, "sft", lm_weight=0.5)
+    assert set(parts) == {"sft", "lm"} == set(stage_counts(b, "sft", 0.5))
+    assert parts["lm"].count == stage_counts(b, "sft", 0.5)["lm"] == int(t[:, 1:].sum())
+    full = causal_lm_loss(module(b, "lm")["logits"], lab)
+    assert torch.allclose(parts["lm"].total, 0.5 * full.total, rtol=1e-5)
 
 
 def test_roc_auc_counts_pairs_and_ties():

@@ -79,6 +79,10 @@ class TrainConfig(StrictModel):
     log_every: int = Field(1, ge=1)
     align_sft_weight: float = Field(0.5, ge=0, description="align: weight of the SFT term "
                                     "that keeps P(yes) calibrated.")
+    lm_weight: float = Field(0.0, ge=0, description="sft/align: weight of an auxiliary "
+                             "next-token loss on the prompt text (prefix and candidates, not "
+                             "the answers): a dense signal that keeps teaching the profile and "
+                             "item text while the sparse answer loss teaches ranking.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: "
                                 "leave torch's default).")
 

@@ -373,7 +373,7 @@ def train(lm: nn.Module, train_set: PromptDataset | PackedDataset, cfg: TrainCon
                          pad_id).to(device) for a in range(cfg.grad_accum)]
         local_counts: dict[str, int] = {}
         for b in micro:
-            for k, v in stage_counts(b, cfg.stage).items():
+            for k, v in stage_counts(b, cfg.stage, cfg.lm_weight).items():
                 local_counts[k] = local_counts.get(k, 0) + v
         names = sorted(local_counts)
         counts = torch.tensor([local_counts[k] for k in names] + [sum(b.n_tokens for b in micro)],
@@ -386,7 +386,7 @@ def train(lm: nn.Module, train_set: PromptDataset | PackedDataset, cfg: TrainCon
         term_values = dict.fromkeys(names, 0.0)
         for a, b in enumerate(micro):
             set_gradient_sync(module, a == len(micro) - 1)
-            parts = stage_loss(module, b, cfg.stage, cfg.align_sft_weight)
+            parts = stage_loss(module, b, cfg.stage, cfg.align_sft_weight, cfg.lm_weight)
             loss = sum(p.total / max(global_counts[k], 1.0) for k, p in parts.items())
             (loss * grad_scale).backward()
             for k, p in parts.items():

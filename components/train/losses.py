@@ -150,41 +150,64 @@ class RankingLM(nn.Module):
         head = self.lm.get_output_embeddings()
         if mode == "lm":
             return {"logits": head(hidden)}
-        if mode not in ("scores", "cues"):
-            raise ValueError(f"mode={mode!r}: use 'lm', 'scores' or 'cues'")
+        if mode not in ("scores", "cues", "cues+lm"):
+            raise ValueError(f"mode={mode!r}: use 'lm', 'scores', 'cues' or 'cues+lm'")
         cue_hidden = hidden[batch.cue_rows, batch.cue_cols]
         w = head.weight
         out = {"pair_logits": label_logits(cue_hidden, w, self.yes_id, self.no_id)}
-        if mode == "cues":
+        if mode in ("cues", "cues+lm"):
             # the SFT term needs the full vocabulary, but only at the n cue positions
             out["vocab_logits"] = cue_hidden.float() @ w.float().T
+        if mode == "cues+lm":
+            out["logits"] = head(hidden)
         return out
 
 
-def stage_loss(module: RankingLM, batch: Batch, stage: str, sft_weight: float = 0.5
-               ) -> dict[str, LossParts]:
-    """Run ``module`` on ``batch`` and return the stage's loss terms (summed, counted)."""
+def prompt_lm_labels(batch: Batch) -> torch.Tensor:
+    """Targets of the auxiliary next-token loss on prompt text: token t is a target when
+    it continues its own segment (so a candidate is never predicted from another one
+    it cannot see) and is not an answer (those are the SFT term's)."""
+    seg = batch.segment_ids
+    same = torch.zeros_like(seg, dtype=torch.bool)
+    same[:, 1:] = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] >= 0)
+    keep = same & (batch.labels == IGNORE_INDEX)
+    return torch.where(keep, batch.input_ids, torch.full_like(batch.input_ids, IGNORE_INDEX))
+
+
+def stage_loss(module: RankingLM, batch: Batch, stage: str, sft_weight: float = 0.5,
+               lm_weight: float = 0.0) -> dict[str, LossParts]:
+    """Run ``module`` on ``batch`` and return the stage's loss terms (summed, counted).
+
+    ``lm_weight`` > 0 (sft/align) adds the auxiliary next-token loss on the prompt text
+    (:func:`prompt_lm_labels`) as the ``lm`` term."""
     if stage == "cpt":
         out = module(batch, "lm")
         return {"lm": causal_lm_loss(out["logits"], batch.labels)}
-    out = module(batch, "cues")
+    if stage not in ("sft", "align"):
+        raise ValueError(f"stage={stage!r}: use 'cpt', 'sft' or 'align'")
+    out = module(batch, "cues+lm" if lm_weight > 0 else "cues")
     targets = torch.where(batch.cue_labels.bool(), module.yes_id, module.no_id)
     sft = answer_sft_loss(out["vocab_logits"], targets)
-    if stage == "sft":
-        return {"sft": sft}
+    terms = {"sft": sft}
     if stage == "align":
         scores = score_margin(out["pair_logits"])
-        rank = pairwise_ranking_loss(scores, batch.cue_labels, batch.cue_group)
-        return {"pairwise": rank, "sft": LossParts(sft.total * sft_weight, sft.count)}
-    raise ValueError(f"stage={stage!r}: use 'cpt', 'sft' or 'align'")
+        terms = {"pairwise": pairwise_ranking_loss(scores, batch.cue_labels, batch.cue_group),
+                 "sft": LossParts(sft.total * sft_weight, sft.count)}
+    if lm_weight > 0:
+        lm = causal_lm_loss(out["logits"], prompt_lm_labels(batch))
+        terms["lm"] = LossParts(lm.total * lm_weight, lm.count)
+    return terms
 
 
-def stage_counts(batch: Batch, stage: str) -> dict[str, int]:
+def stage_counts(batch: Batch, stage: str, lm_weight: float = 0.0) -> dict[str, int]:
     """The terms each loss of ``stage_loss`` will count, known before the forward (for
     the global normaliser)."""
     if stage == "cpt":
         return {"lm": int((batch.labels[:, 1:] != IGNORE_INDEX).sum())}
     n = int(batch.cue_labels.numel())
-    if stage == "sft":
-        return {"sft": n}
-    return {"pairwise": count_pairs(batch.cue_labels, batch.cue_group), "sft": n}
+    counts = {"sft": n}
+    if stage == "align":
+        counts["pairwise"] = count_pairs(batch.cue_labels, batch.cue_group)
+    if lm_weight > 0:
+        counts["lm"] = int((prompt_lm_labels(batch)[:, 1:] != IGNORE_INDEX).sum())
+    return counts
