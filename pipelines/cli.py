@@ -80,6 +80,65 @@ def run(
     console.print(f"outputs:  {result.work_dir / 'artifacts'}")
     console.print(f"MLflow:   {result.tracking_uri}  (parent run {result.parent_run_id})")
     console.print(f"browse:   make mlflow-ui   (mlflow ui --backend-store-uri {result.tracking_uri})")
+    evaluation = result.results.get("evaluate")
+    if evaluation is not None:
+        from pipelines.eval_stage import summary_path
+
+        summary = summary_path(evaluation.path)
+        if summary.exists():
+            console.print()
+            console.print(summary.read_text(), markup=False, highlight=False)
+            console.print(f"summary:  {summary}  (plots beside it; `rankbrew compare` reads it back "
+                          f"from MLflow)")
+
+
+@app.command()
+def compare(
+    run_id: Annotated[str | None, typer.Option(
+        "--run", help="Pipeline (parent) run id, as `rankbrew run` prints it. Default: the newest "
+        "finished pipeline run of the experiment that has evaluation results.")] = None,
+    against: Annotated[str | None, typer.Option(
+        "--against", help="A second pipeline run id: print both runs side by side (each model's "
+        "AUC in both, and the teacher's delta).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        "--tracking-uri", help="MLflow tracking URI. Default: the profile's store "
+        "(run.mlflow_tracking_uri, else sqlite:///<run.work_dir>/mlflow.db).")] = None,
+    experiment: Annotated[str | None, typer.Option(
+        "--experiment", help="MLflow experiment to search. Default: the profile's run.name.")] = None,
+    profile: ProfileOpt = "local",
+    set_: SetOpt = None,
+) -> None:
+    """Print the evaluation of a pipeline run, read back from MLflow.
+
+    Reads the nested runs the evaluate stage logged (one per model and task,
+    tag rankbrew.kind=eval) and prints, for the teacher and each baseline:
+    the AUC per trained task and the teacher's gain over the best baseline;
+    the same for the held-out (zero-shot) tasks; the means over both groups;
+    the cold-start table (AUC by the member's prior events, and on new items).
+    With --against, two pipeline runs side by side.
+
+    Examples:
+
+      rankbrew compare                          # newest evaluated run, local profile
+
+      rankbrew compare --profile movielens
+
+      rankbrew compare --run RUN_ID --against OTHER_RUN_ID
+
+      rankbrew compare --tracking-uri sqlite:////abs/mlflow.db --experiment rankbrew-local
+    """
+    from components.tracking import default_tracking_uri
+    from pipelines.compare import CompareError
+    from pipelines.compare import compare as compare_runs
+
+    cfg = _load(profile, set_)
+    uri = tracking_uri or cfg.run.mlflow_tracking_uri or default_tracking_uri(cfg.run.work_dir)
+    try:
+        result = compare_runs(uri, experiment or cfg.run.name, run_id, against)
+    except CompareError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from None
+    console.print(result.markdown, markup=False, highlight=False)
 
 
 @app.command("config")

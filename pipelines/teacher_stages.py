@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,8 @@ def cpt(ctx: StageContext) -> dict[str, float]:
     """Continued pre-training on verbalized member histories (before the validation start)."""
     cutoffs = json.loads((ctx.inputs["split"] / "cutoffs.json").read_text())
     return _run(ctx, "cpt", {"member_rows_dir": ctx.inputs["prepare"] / "member_rows",
-                             "history_cutoff": cutoffs["valid_start"]}, _base_model(ctx.cfg))
+                             "history_cutoff": datetime.fromisoformat(cutoffs["valid_start"])},
+                _base_model(ctx.cfg))
 
 
 def sft(ctx: StageContext) -> dict[str, float]:

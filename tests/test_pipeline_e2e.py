@@ -24,7 +24,7 @@ TINY_TEACHER = {
     "model.num_kv_heads": 1, "model.intermediate_size": 64,
     "train.data.max_train_prompts": 64, "train.data.max_valid_prompts": 48,
     **{f"train.{s}.{k}": v for s in ("cpt", "sft", "align")
-       for k, v in (("max_steps", 3), ("warmup_steps", 1), ("checkpoint_every", 2))},
+       for k, v in (("max_steps", 3), ("warmup_steps", 1), ("checkpoint_every", 2), ("log_every", 1))},
 }
 
 
@@ -34,11 +34,11 @@ def test_synthetic_pipeline_then_cache_hit(ray_local, tmp_path):
     cfg = load_config("local", {
         "run.work_dir": str(tmp_path / "work"), "run.name": "data-e2e",
         "data.synthetic.members": 300, "data.synthetic.members_per_file": 100,
-        **TINY_TEACHER,
+        **TINY_TEACHER, "evaluate.max_prompts_per_task": 20, "evaluate.bootstrap_samples": 50,
     })
     first = _run(cfg)
     assert list(first.results) == ["ingest", "validate", "split", "prepare", "tokenizer", "promptify",
-                                   "cpt", "sft", "align"]
+                                   "cpt", "sft", "align", "evaluate"]
     assert not any(r.cached for r in first.results.values())
 
     ingest, validate, split = (first.results[s] for s in ("ingest", "validate", "split"))
@@ -70,7 +70,8 @@ def test_synthetic_pipeline_then_cache_hit(ray_local, tmp_path):
 
     mlflow.set_tracking_uri(first.tracking_uri)
     runs = mlflow.search_runs(experiment_names=["data-e2e"], output_format="list")
-    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == first.parent_run_id]
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == first.parent_run_id
+            and r.data.tags.get("rankbrew.kind") == "stage"]  # the eval runs are nested there too
     by_stage = {r.data.tags["rankbrew.stage"]: r for r in kids}
     assert set(by_stage) == set(first.results)
     assert by_stage["validate"].data.metrics["interactions.rows_in"] == report["interactions"]["rows_in"]
@@ -94,6 +95,20 @@ def test_synthetic_pipeline_then_cache_hit(ray_local, tmp_path):
         m = by_stage[stage].data.metrics
         assert 0.0 <= m["valid_task_auc_mean"] <= 1.0 and m["valid_log_loss"] > 0
     assert "delta_vs_sft.valid_task_auc_mean" in by_stage["align"].data.metrics
+    # the evaluation: one nested run per (model, task) under the parent, the summary logged
+    ev = first.results["evaluate"]
+    evals = [r for r in runs if r.data.tags.get("rankbrew.kind") == "eval"
+             and r.data.tags.get("mlflow.parentRunId") == first.parent_run_id]
+    models = {r.data.tags["rankbrew.model"] for r in evals}
+    tasks = {r.data.tags["rankbrew.task"] for r in evals}
+    assert models == {"teacher", "popularity", "lightgbm", "sasrec"}
+    assert len(evals) == len(models) * len(tasks) == ev.metrics["eval_runs"]
+    assert any(r.data.tags["rankbrew.held_out"] == "true" for r in evals)
+    assert all("auc" in r.data.metrics and "ndcg_at_10" in r.data.metrics for r in evals)
+    assert (ev.path / "summary.md").exists() and "mean over trained tasks" in (ev.path / "summary.md").read_text()
+    for run_id, where in ((first.parent_run_id, "evaluate"), (by_stage["evaluate"].info.run_id, None)):
+        logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run_id, artifact_path=where)}
+        assert f"{where + '/' if where else ''}summary.md" in logged
     versions = mlflow.tracking.MlflowClient().search_model_versions("name='rankbrew-teacher'")
     assert [v.run_id for v in versions] == [by_stage["align"].info.run_id]
     # the registered teacher loads anywhere and scores like the stage's model directory
@@ -112,7 +127,8 @@ def test_synthetic_pipeline_then_cache_hit(ray_local, tmp_path):
 @pytest.mark.movielens
 def test_movielens_data_pipeline(ray_local, tmp_path, ml100k_dir):
     cfg = load_config("movielens", {
-        "run.work_dir": str(tmp_path / "work"), "data.movielens.path": str(ml100k_dir)})
+        "run.work_dir": str(tmp_path / "work"), "data.movielens.path": str(ml100k_dir),
+        "train.enabled": False})  # the data stages only: training is tested above
     run = _run(cfg)
     report = json.loads((run.results["validate"].path / "report.json").read_text())
     assert report["interactions"]["rows_in"] == 100_000

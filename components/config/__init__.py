@@ -204,6 +204,27 @@ class TrainingConfig(StrictModel):
         return self
 
 
+class EvaluateConfig(StrictModel):
+    """The evaluation stage: the teacher and the ID-based baselines on one evaluation
+    split, per task and per slice, one MLflow run per (model, task); see
+    docs/evaluation.md."""
+
+    enabled: bool = Field(True, description="false: no evaluation stage after the teacher.")
+    split: Literal["valid", "test"] = Field("test", description="Evaluation window to report.")
+    max_prompts_per_task: int | None = Field(
+        None, ge=1, description="Prompts (candidate lists) per task, a seeded sample; null: all. "
+        "Bounds the teacher's CPU time (local profile: 150).")
+    tasks: list[str] | None = Field(None, description="Task ids to evaluate; null: every task "
+                                    "of the split, held-out ones included.")
+    baselines: list[Literal["popularity", "lightgbm", "sasrec"]] = Field(
+        ["popularity", "lightgbm", "sasrec"], description="ID-based baselines fitted on the "
+        "train split (components/evaluate/baselines.py).")
+    bootstrap_samples: int = Field(1000, ge=0, description="Bootstrap replicates of each AUC "
+                                   "interval (whole lists resampled); 0: no interval.")
+    ece_bins: int = Field(10, ge=1, description="Equal-mass bins of the ECE and the calibration plot.")
+    seed: int = 0
+
+
 class PipelineConfig(StrictModel):
     """A whole profile (one YAML file in pipelines/configs/)."""
 
@@ -215,6 +236,7 @@ class PipelineConfig(StrictModel):
     promptify: PromptifyConfig = PromptifyConfig()
     model: ModelConfig = ModelConfig()
     train: TrainingConfig = TrainingConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
 
 def with_absolute_paths(cfg: PipelineConfig, base: Path | None = None) -> PipelineConfig:
@@ -304,6 +326,7 @@ def load_config(profile: str | Path = "local", overrides: dict[str, Any] | None 
 __all__ = [
     "ConfigError",
     "DataConfig",
+    "EvaluateConfig",
     "MappingSourceConfig",
     "ModelConfig",
     "MovieLensConfig",

@@ -17,5 +17,6 @@ _EXPORTS = {
                    "score_per_item_reference", "score_requests"),
     "scoring": ("LabelHead", "ScoringError", "label_head", "label_margins",
                 "label_probabilities"),
+    "upcycle": ("UpcycleError", "expert_spread", "upcycle_to_moe", "upcycled_model_config"),
 }
 __getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,539 @@
+"""Evaluation reports: per-(model, task) metrics -> summary tables, markdown and plots.
+
+The evaluation stage scores every (model, task) pair separately (one Ray task and one
+MLflow run each) and hands the results here as :class:`EvalRecord` s; ``rankbrew
+compare`` reads the same records back from MLflow. Both build their tables with the
+functions of this module, so the stage's ``summary.md`` and the comparison printed
+later from MLflow are the same table by construction.
+
+Conventions (every table):
+
+* AUC of a (model, task) is pooled over the task's candidates (lists = prompts);
+  ``nan`` when the task's candidates hold one class only.
+* A "mean over ... tasks" row holds, per column, the mean over the tasks of that group
+  with a defined value (nan ignored); counts are summed.
+* ``gain_vs_best_baseline`` of any row is the teacher's value minus the largest baseline
+  value of that same row (so in a mean row: mean teacher AUC minus the best baseline's
+  mean AUC).
+
+Plain Python (numpy, Polars, matplotlib): no Ray, no MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from components.evaluate.metrics import (
+    bootstrap_auc_ci,
+    expected_calibration_error,
+    group_auc,
+    log_loss,
+    ndcg_at_k,
+    roc_auc,
+)
+
+TEACHER = "teacher"
+#: Canonical column order of the baselines (others follow in name order).
+BASELINE_ORDER = ("popularity", "lightgbm", "sasrec")
+
+#: Slices measured per (model, task) -> their MLflow metric suffix (MLflow names cannot
+#: hold '<' or '>'). The activity buckets are cumulative, as in 360Brew's cold-start figure.
+SLICE_METRIC_NAMES = {
+    "activity<=5": "activity_le_5",
+    "activity<=10": "activity_le_10",
+    "activity<=100": "activity_le_100",
+    "activity>100": "activity_gt_100",
+    "new_item": "new_item",
+    "cold_item": "cold_item",
+}
+ACTIVITY_SLICES = ("activity_le_5", "activity_le_10", "activity_le_100", "activity_gt_100")
+#: Rows of the cold-start table: overall, the activity buckets, candidates new at the cutoff.
+COLD_START_ROWS = ("all", *ACTIVITY_SLICES, "new_item")
+COLD_START_LABELS = {"all": "all", "activity_le_5": "<=5", "activity_le_10": "<=10",
+                     "activity_le_100": "<=100", "activity_gt_100": ">100", "new_item": "new item"}
+
+TRAINED_MEAN = "mean over trained tasks"
+HELD_OUT_MEAN = "mean over held-out tasks"
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    """What one (model, task) evaluation produced: flat metrics as logged to MLflow."""
+
+    model: str
+    task_id: str
+    held_out: bool
+    metrics: Mapping[str, float]
+
+
+# ============================================================================ per (model, task)
+def model_task_metrics(rows: pl.DataFrame, score_col: str = "score", prob_col: str | None = None,
+                       n_boot: int = 1000, ece_bins: int = 10, seed: int = 0, k: int = 10
+                       ) -> dict[str, float]:
+    """Metrics of one model on one task's candidate rows.
+
+    ``rows``: one row per (prompt, candidate) with ``example_id``, ``label``, the score
+    column and the slice flags of :func:`components.evaluate.slices.slice_flags` (slices
+    of :data:`SLICE_METRIC_NAMES` that are absent are skipped). ``prob_col`` names
+    probabilities (log loss, ECE, mean probability are added only then).
+
+    Returns ``n_prompts, n_candidates, n_positives, pos_rate, auc, auc_ci_low,
+    auc_ci_high`` (bootstrap over whole prompts), ``group_auc``, ``ndcg_at_{k}``,
+    [``log_loss, ece, mean_prob``] and per slice ``auc.<slice>``,
+    ``n_candidates.<slice>``, ``n_positives.<slice>``."""
+    missing = [c for c in ("example_id", "label", score_col, *([prob_col] if prob_col else []))
+               if c not in rows.columns]
+    if missing:
+        raise ValueError(f"the scored rows lack column(s) {missing}: add one score per candidate "
+                         f"row next to example_id and label")
+    s = rows[score_col].to_numpy().astype(np.float64)
+    y = rows["label"].to_numpy().astype(np.float64)
+    g = rows["example_id"].to_numpy()
+    ci = bootstrap_auc_ci(s, y, g, n=n_boot, seed=seed)
+    out = {
+        "n_prompts": float(rows["example_id"].n_unique()),
+        "n_candidates": float(rows.height),
+        "n_positives": float((y > 0).sum()),
+        "pos_rate": float((y > 0).mean()) if rows.height else math.nan,
+        "auc": ci.auc,
+        "auc_ci_low": ci.low,
+        "auc_ci_high": ci.high,
+        "group_auc": group_auc(s, y, g),
+        f"ndcg_at_{k}": ndcg_at_k(s, y, g, k=k),
+    }
+    if prob_col is not None:
+        p = rows[prob_col].to_numpy().astype(np.float64)
+        out.update({"log_loss": log_loss(p, y), "ece": expected_calibration_error(p, y, ece_bins),
+                    "mean_prob": float(p.mean()) if p.size else math.nan})
+    for slice_name, suffix in SLICE_METRIC_NAMES.items():
+        if slice_name not in rows.columns:
+            continue
+        part = rows.filter(pl.col(slice_name))
+        ys = part["label"].to_numpy().astype(np.float64)
+        out[f"auc.{suffix}"] = roc_auc(part[score_col].to_numpy(), ys) if part.height else math.nan
+        out[f"n_candidates.{suffix}"] = float(part.height)
+        out[f"n_positives.{suffix}"] = float((ys > 0).sum())
+    return out
+
+
+# ============================================================================ tables
+def model_order(models: Iterable[str], teacher: str = TEACHER) -> list[str]:
+    """Teacher first, then the baselines in canonical order, then any other model by name."""
+    ms = set(models)
+    head = [m for m in (teacher, *BASELINE_ORDER) if m in ms]
+    return head + sorted(ms - set(head))
+
+
+def _gain(row: Mapping[str, float], teacher: str, baselines: Sequence[str]) -> tuple[str | None, float]:
+    """(best baseline of the row, teacher minus it); nan when either side is undefined."""
+    vals = {b: row[b] for b in baselines if row.get(b) is not None and not math.isnan(row[b])}
+    t = row.get(teacher)
+    if not vals or t is None or math.isnan(t):
+        return (max(vals, key=vals.get) if vals else None), math.nan
+    best = max(vals, key=vals.get)
+    return best, float(t - vals[best])
+
+
+def _nanmean(values: Iterable[float | None]) -> float:
+    v = [x for x in values if x is not None and not math.isnan(x)]
+    return float(np.mean(v)) if v else math.nan
+
+
+def summary_table(records: Sequence[EvalRecord], metric: str = "auc",
+                  teacher: str = TEACHER) -> pl.DataFrame:
+    """One row per task (trained tasks, their mean row, held-out tasks, their mean row).
+
+    Columns: ``task, held_out, is_mean, tasks`` (tasks averaged in a mean row, 1 in a
+    task row), ``prompts, candidates, positives`` (from the first model's record: the
+    candidates are the same for every model), one column per model holding ``metric``,
+    ``best_baseline`` and ``gain_vs_best_baseline``."""
+    if not records:
+        raise ValueError("no evaluation records: nothing to tabulate")
+    models = model_order({r.model for r in records}, teacher)
+    baselines = [m for m in models if m != teacher]
+    by_task: dict[str, dict] = {}
+    for r in records:
+        row = by_task.setdefault(r.task_id, {"task": r.task_id, "held_out": bool(r.held_out)})
+        row[r.model] = float(r.metrics.get(metric, math.nan))
+        if "prompts" not in row:
+            row.update({"prompts": r.metrics.get("n_prompts", math.nan),
+                        "candidates": r.metrics.get("n_candidates", math.nan),
+                        "positives": r.metrics.get("n_positives", math.nan)})
+    out: list[dict] = []
+    for held_out, label in ((False, TRAINED_MEAN), (True, HELD_OUT_MEAN)):
+        rows = sorted((r for r in by_task.values() if r["held_out"] == held_out), key=lambda r: r["task"])
+        if not rows:
+            continue
+        for r in rows:
+            r.update({"is_mean": False, "tasks": 1})
+            for m in models:
+                r.setdefault(m, math.nan)
+            out.append(r)
+        mean = {"task": label, "held_out": held_out, "is_mean": True, "tasks": len(rows),
+                **{c: float(np.nansum([r[c] for r in rows])) for c in ("prompts", "candidates", "positives")},
+                **{m: _nanmean(r[m] for r in rows) for m in models}}
+        out.append(mean)
+    for r in out:
+        r["best_baseline"], r["gain_vs_best_baseline"] = _gain(r, teacher, baselines)
+    cols = ["task", "held_out", "is_mean", "tasks", "prompts", "candidates", "positives", *models,
+            "best_baseline", "gain_vs_best_baseline"]
+    schema = {"task": pl.Utf8, "held_out": pl.Boolean, "is_mean": pl.Boolean, "tasks": pl.Int64,
+              "prompts": pl.Float64, "candidates": pl.Float64, "positives": pl.Float64,
+              **{m: pl.Float64 for m in models}, "best_baseline": pl.Utf8,
+              "gain_vs_best_baseline": pl.Float64}
+    return pl.DataFrame([{c: r.get(c) for c in cols} for r in out], schema=schema, orient="row")
+
+
+def cold_start_table(records: Sequence[EvalRecord], teacher: str = TEACHER,
+                     held_out: bool = False) -> pl.DataFrame:
+    """AUC per member-activity bucket (and for new items) per model, over the trained
+    tasks (``held_out=True``: the held-out ones).
+
+    One row per :data:`COLD_START_ROWS` entry: ``slice`` (the metric suffix), ``bucket``
+    (display label), ``tasks`` (tasks whose AUC in the slice is defined for the teacher,
+    else the first model), ``candidates`` (summed over the group's tasks), one column per
+    model (mean over tasks of the per-task AUC in the slice), ``best_baseline`` and
+    ``gain_vs_best_baseline``."""
+    recs = [r for r in records if bool(r.held_out) == held_out]
+    models = model_order({r.model for r in records}, teacher)
+    baselines = [m for m in models if m != teacher]
+    ref_model = teacher if teacher in models else (models[0] if models else None)
+    out = []
+    for sl in COLD_START_ROWS:
+        auc_key = "auc" if sl == "all" else f"auc.{sl}"
+        n_key = "n_candidates" if sl == "all" else f"n_candidates.{sl}"
+        row: dict = {"slice": sl, "bucket": COLD_START_LABELS[sl]}
+        ref = [r for r in recs if r.model == ref_model]
+        row["tasks"] = sum(1 for r in ref if not math.isnan(r.metrics.get(auc_key, math.nan)))
+        row["candidates"] = float(np.nansum([r.metrics.get(n_key, math.nan) for r in ref])) if ref else 0.0
+        for m in models:
+            row[m] = _nanmean(r.metrics.get(auc_key, math.nan) for r in recs if r.model == m)
+        row["best_baseline"], row["gain_vs_best_baseline"] = _gain(row, teacher, baselines)
+        out.append(row)
+    schema = {"slice": pl.Utf8, "bucket": pl.Utf8, "tasks": pl.Int64, "candidates": pl.Float64,
+              **{m: pl.Float64 for m in models}, "best_baseline": pl.Utf8,
+              "gain_vs_best_baseline": pl.Float64}
+    return pl.DataFrame(out, schema=schema, orient="row")
+
+
+def side_by_side(run: pl.DataFrame, against: pl.DataFrame, teacher: str = TEACHER) -> pl.DataFrame:
+    """Two :func:`summary_table` s (or two :func:`cold_start_table` s) joined on their row
+    key: each model's value in ``run`` and in ``against`` (suffix ``@against``), and
+    ``delta_<teacher>`` = run minus against. Rows present in only one run keep nan."""
+    key = "task" if "task" in run.columns else "slice"
+    fixed = {"task", "slice", "bucket", "held_out", "is_mean", "tasks", "prompts", "candidates",
+             "positives", "best_baseline", "gain_vs_best_baseline"}
+    models = model_order([c for c in {*run.columns, *against.columns} if c not in fixed], teacher)
+    keep = [c for c in (key, "bucket", "held_out", "is_mean") if c in run.columns]
+    left = run.select(*keep, *[pl.col(m) if m in run.columns else pl.lit(None, pl.Float64).alias(m)
+                               for m in models])
+    right = against.select(key, *[pl.col(m).alias(f"{m}@against") if m in against.columns
+                                  else pl.lit(None, pl.Float64).alias(f"{m}@against") for m in models])
+    joined = left.join(right, on=key, how="left", maintain_order="left")
+    cols = [*keep]
+    for m in models:
+        cols += [m, f"{m}@against"]
+    out = joined.select(cols)
+    if teacher in models:
+        out = out.with_columns((pl.col(teacher) - pl.col(f"{teacher}@against")).alias(f"delta_{teacher}"))
+    return out
+
+
+def summary_metrics(table: pl.DataFrame, cold: pl.DataFrame, teacher: str = TEACHER) -> dict[str, float]:
+    """Headline numbers for the stage's MLflow run: ``mean_auc.{trained,held_out}.<model>``,
+    ``gain_vs_best_baseline.{trained,held_out}``, ``cold_start.<model>.<slice>`` and
+    ``cold_start.gain_vs_best_baseline.<slice>`` (nan values are left out)."""
+    fixed = {"task", "held_out", "is_mean", "tasks", "prompts", "candidates", "positives",
+             "best_baseline", "gain_vs_best_baseline", "slice", "bucket"}
+    models = [c for c in table.columns if c not in fixed]
+    out: dict[str, float] = {}
+    for row in table.filter(pl.col("is_mean")).iter_rows(named=True):
+        group = "held_out" if row["held_out"] else "trained"
+        out[f"tasks.{group}"] = float(row["tasks"])
+        for m in models:
+            out[f"mean_auc.{group}.{m}"] = row[m]
+        out[f"gain_vs_best_baseline.{group}"] = row["gain_vs_best_baseline"]
+    for row in cold.iter_rows(named=True):
+        for m in models:
+            if m in row:
+                out[f"cold_start.{m}.{row['slice']}"] = row[m]
+        out[f"cold_start.gain_vs_best_baseline.{row['slice']}"] = row["gain_vs_best_baseline"]
+    return {k: float(v) for k, v in out.items() if v is not None and not math.isnan(float(v))}
+
+
+# ============================================================================ markdown
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{v:.3f}"
+    return str(v)
+
+
+def markdown_table(df: pl.DataFrame, headers: Mapping[str, str] | None = None,
+                   signed: Sequence[str] = ()) -> str:
+    """A GitHub markdown table of ``df`` (floats with 3 decimals, nan as ``-``; columns in
+    ``signed`` with an explicit sign; ``headers`` renames columns)."""
+    headers = headers or {}
+    cols = df.columns
+    lines = ["| " + " | ".join(headers.get(c, c) for c in cols) + " |",
+             "|" + "|".join("---" if df.schema[c] in (pl.Utf8, pl.Boolean) else "---:" for c in cols) + "|"]
+    for row in df.iter_rows(named=True):
+        cells = []
+        for c in cols:
+            v = row[c]
+            if c in signed and isinstance(v, float) and not math.isnan(v):
+                cells.append(f"{v:+.3f}")
+            elif isinstance(v, float) and c in ("prompts", "candidates", "positives"):
+                cells.append("-" if math.isnan(v) else f"{int(v)}")
+            else:
+                cells.append(_fmt(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _task_section(table: pl.DataFrame, held_out: bool) -> str:
+    part = table.filter(pl.col("held_out") == held_out)
+    if part.height == 0:
+        return ""
+    part = part.with_columns(
+        pl.when(pl.col("is_mean")).then(pl.format("**{}** ({})", "task", "tasks"))
+        .when(pl.col("held_out")).then(pl.format("{} (held out)", "task"))
+        .otherwise(pl.col("task")).alias("task")
+    ).drop("held_out", "is_mean", "tasks")
+    return markdown_table(part, {"best_baseline": "best baseline", "gain_vs_best_baseline": "gain"},
+                          signed=("gain_vs_best_baseline",))
+
+
+def render_markdown(table: pl.DataFrame, cold: pl.DataFrame, title: str,
+                    notes: Sequence[str] = (), cold_held_out: pl.DataFrame | None = None,
+                    extra_sections: Sequence[str] = ()) -> str:
+    """The evaluation summary as markdown: trained tasks, zero-shot (held-out) tasks, the
+    cold-start table; ``notes`` go under the title, ``extra_sections`` at the end."""
+    parts = [f"# {title}", ""]
+    parts += [*notes, ""] if notes else []
+    parts += ["AUC pooled over each task's candidates; gain = teacher minus the best baseline "
+              "of the row; a mean row averages each column over the tasks with a defined value; "
+              "`-`: undefined (one class only).", ""]
+    trained = _task_section(table, False)
+    if trained:
+        parts += ["## Trained tasks", "", trained, ""]
+    held = _task_section(table, True)
+    if held:
+        parts += ["## Zero-shot tasks (held out: no training prompts; the baselines were trained "
+                  "on them)", "", held, ""]
+    cold_cols = {"bucket": "prior events", "best_baseline": "best baseline",
+                 "gain_vs_best_baseline": "gain"}
+    parts += ["## Cold start: AUC by member activity (trained tasks)", "",
+              "Mean over trained tasks of the per-task AUC on the candidates of prompts whose member "
+              "had that many prior events (cumulative buckets); `new item`: candidates nobody had "
+              "an event with before the cutoff.", "",
+              markdown_table(cold.drop("slice"), cold_cols, signed=("gain_vs_best_baseline",)), ""]
+    if cold_held_out is not None and cold_held_out["tasks"].sum() > 0:
+        parts += ["## Cold start on the held-out tasks", "",
+                  markdown_table(cold_held_out.drop("slice"), cold_cols,
+                                 signed=("gain_vs_best_baseline",)), ""]
+    for s in extra_sections:
+        parts += [s, ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def render_side_by_side(table: pl.DataFrame, cold: pl.DataFrame, title: str,
+                        notes: Sequence[str] = ()) -> str:
+    """Markdown of :func:`side_by_side` tables (per task, then the cold-start buckets)."""
+    parts = [f"# {title}", "", *notes, "",
+             "`model` = the run, `model@against` = the other run, `delta_teacher` = run minus "
+             "against.", ""]
+    for held_out, head in ((False, "Trained tasks"), (True, "Zero-shot (held-out) tasks")):
+        part = table.filter(pl.col("held_out") == held_out)
+        if part.height:
+            part = part.with_columns(pl.when(pl.col("is_mean")).then(pl.format("**{}**", "task"))
+                                     .otherwise(pl.col("task")).alias("task")).drop("held_out", "is_mean")
+            parts += [f"## {head}", "", markdown_table(part, signed=("delta_teacher",)), ""]
+    parts += ["## Cold start (trained tasks)", "",
+              markdown_table(cold.drop("slice"), {"bucket": "prior events"}, signed=("delta_teacher",)), ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+# ============================================================================ plots
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_task_auc(table: pl.DataFrame, path: Path, teacher: str = TEACHER) -> Path:
+    """Horizontal grouped bars: AUC per task, one bar per model; held-out tasks marked
+    ``(held out)`` and separated by a line; the chance line at 0.5."""
+    plt = _plt()
+    tasks = table.filter(~pl.col("is_mean")).sort("held_out", "task", descending=[True, True])
+    models = [c for c in table.columns if c not in {"task", "held_out", "is_mean", "tasks", "prompts",
+                                                    "candidates", "positives", "best_baseline",
+                                                    "gain_vs_best_baseline"}]
+    n, k = tasks.height, max(1, len(models))
+    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.32 * n * max(1.0, k / 3) + 1.2)))
+    y = np.arange(n)
+    h = 0.8 / k
+    for i, m in enumerate(models):
+        vals = np.nan_to_num(tasks[m].to_numpy().astype(float), nan=0.0)
+        ax.barh(y + (i - (k - 1) / 2) * h, vals, height=h, label=m,
+                color="black" if m == teacher else None, alpha=0.85 if m == teacher else 0.7)
+    labels = [f"{t} (held out)" if ho else t for t, ho in zip(tasks["task"], tasks["held_out"], strict=True)]
+    ax.set_yticks(y, labels, fontsize=7)
+    n_held = int(tasks["held_out"].sum())
+    if 0 < n_held < n:
+        ax.axhline(n_held - 0.5, color="grey", lw=0.8)
+    ax.axvline(0.5, color="grey", ls="--", lw=0.8)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("AUC (task's candidates pooled)")
+    ax.set_title("AUC per task: teacher vs ID-based baselines")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_cold_start_gain(cold: pl.DataFrame, path: Path, teacher: str = TEACHER) -> Path:
+    """360Brew's cold-start figure: the teacher's AUC minus each baseline's, per member
+    activity bucket (mean over tasks), with the candidates per bucket under the labels."""
+    plt = _plt()
+    rows = cold.filter(pl.col("slice").is_in(ACTIVITY_SLICES))
+    baselines = [c for c in cold.columns if c not in {"slice", "bucket", "tasks", "candidates", teacher,
+                                                      "best_baseline", "gain_vs_best_baseline"}]
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    x = np.arange(rows.height)
+    k = max(1, len(baselines))
+    w = 0.8 / k
+    if teacher in cold.columns:
+        for i, b in enumerate(baselines):
+            gain = (rows[teacher] - rows[b]).to_numpy().astype(float)
+            ax.bar(x + (i - (k - 1) / 2) * w, np.nan_to_num(gain, nan=0.0), width=w, label=f"vs {b}")
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_xticks(x, [f"{b}\n({int(c)} cands)" for b, c in zip(rows["bucket"], rows["candidates"], strict=True)])
+    ax.set_xlabel("member's prior events (cumulative buckets)")
+    ax.set_ylabel("teacher AUC - baseline AUC")
+    ax.set_title("Cold start: teacher's AUC gain by member activity (trained tasks)", fontsize=10)
+    if baselines:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_calibration(curve: Mapping[str, np.ndarray], path: Path, title: str = "teacher") -> Path:
+    """Reliability diagram (equal-mass bins of :func:`components.evaluate.metrics.calibration_curve`)
+    with the diagonal of perfect calibration."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    hi = max(0.05, float(np.max(curve["mean_prob"], initial=0.0)), float(np.max(curve["frac_pos"], initial=0.0)))
+    hi = min(1.0, hi * 1.1)
+    ax.plot([0, hi], [0, hi], color="grey", ls="--", lw=0.8, label="perfect")
+    ax.plot(curve["mean_prob"], curve["frac_pos"], marker="o", label=title)
+    ax.set_xlim(0, hi)
+    ax.set_ylim(0, hi)
+    ax.set_xlabel("mean predicted P(yes) in bin")
+    ax.set_ylabel("observed positive rate in bin")
+    ax.set_title(f"Calibration of the {title} (equal-mass bins)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ============================================================================ files
+@dataclass(frozen=True)
+class Report:
+    """What :func:`write_report` wrote: the files, the markdown and the headline metrics."""
+
+    files: list[Path]
+    markdown: str
+    metrics: dict[str, float]
+    table: pl.DataFrame
+    cold_start: pl.DataFrame
+
+
+def calibration_section(probs: np.ndarray, labels: np.ndarray, held_out: np.ndarray | None,
+                        n_bins: int = 10) -> tuple[str, dict[str, float]]:
+    """Markdown and metrics of the teacher's calibration, pooled over all candidates and
+    per task group: log loss, ECE, mean P(yes), positive rate."""
+    groups = [("all tasks", np.ones(probs.size, dtype=bool))]
+    if held_out is not None:
+        groups += [("trained tasks", ~held_out.astype(bool)), ("held-out tasks", held_out.astype(bool))]
+    rows, metrics = [], {}
+    for name, sel in groups:
+        if not sel.any():
+            continue
+        p, y = probs[sel], labels[sel]
+        ll, ece = log_loss(p, y), expected_calibration_error(p, y, n_bins)
+        rows.append({"candidates": name, "n": float(sel.sum()), "log loss": ll, "ECE": ece,
+                     "mean P(yes)": float(p.mean()), "positive rate": float(y.mean())})
+        key = name.split()[0].replace("-", "_")
+        metrics.update({f"teacher.log_loss.{key}": ll, f"teacher.ece.{key}": ece})
+    table = pl.DataFrame(rows, orient="row")
+    md = markdown_table(table.with_columns(pl.col("n").cast(pl.Int64)))
+    text = (f"## Calibration of the teacher (pooled, {n_bins} equal-mass bins)\n\n{md}\n\n"
+            "Reliability diagram: `plots/teacher_calibration.png`.")
+    return text, metrics
+
+
+def write_report(records: Sequence[EvalRecord], out_dir: Path, title: str = "Evaluation",
+                 notes: Sequence[str] = (), teacher: str = TEACHER,
+                 teacher_probs: np.ndarray | None = None, teacher_labels: np.ndarray | None = None,
+                 teacher_held_out: np.ndarray | None = None, ece_bins: int = 10) -> Report:
+    """Write ``summary.csv`` (:func:`summary_table`), ``cold_start.csv``
+    (:func:`cold_start_table`, trained and held-out tasks), ``summary.md``,
+    ``results.json`` (the records) and ``plots/{task_auc,cold_start_gain}.png`` (plus
+    ``plots/teacher_calibration.png`` given the teacher's pooled probabilities) into
+    ``out_dir``."""
+    import json
+
+    out_dir = Path(out_dir)
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+    table = summary_table(records, teacher=teacher)
+    cold = cold_start_table(records, teacher=teacher)
+    cold_held = cold_start_table(records, teacher=teacher, held_out=True)
+    files = []
+    table.write_csv(out_dir / "summary.csv")
+    pl.concat([cold.with_columns(pl.lit("trained").alias("tasks_group")),
+               cold_held.with_columns(pl.lit("held_out").alias("tasks_group"))]
+              ).write_csv(out_dir / "cold_start.csv")
+    files += [out_dir / "summary.csv", out_dir / "cold_start.csv"]
+    extra, metrics = [], summary_metrics(table, cold, teacher)
+    files.append(plot_task_auc(table, out_dir / "plots" / "task_auc.png", teacher))
+    files.append(plot_cold_start_gain(cold, out_dir / "plots" / "cold_start_gain.png", teacher))
+    if teacher_probs is not None and teacher_labels is not None and len(teacher_probs):
+        probs = np.asarray(teacher_probs, dtype=np.float64)
+        labels = np.asarray(teacher_labels, dtype=np.float64)
+        held = None if teacher_held_out is None else np.asarray(teacher_held_out, dtype=bool)
+        section, cal = calibration_section(probs, labels, held, ece_bins)
+        extra.append(section)
+        metrics.update({k: v for k, v in cal.items() if not math.isnan(v)})
+        from components.evaluate.metrics import calibration_curve
+
+        files.append(plot_calibration(calibration_curve(probs, labels, ece_bins),
+                                      out_dir / "plots" / "teacher_calibration.png", teacher))
+    markdown = render_markdown(table, cold, title, notes, cold_held_out=cold_held, extra_sections=extra)
+    (out_dir / "summary.md").write_text(markdown)
+    (out_dir / "results.json").write_text(json.dumps({"records": [
+        {"model": r.model, "task_id": r.task_id, "held_out": bool(r.held_out),
+         "metrics": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.metrics.items()}}
+        for r in records]}, indent=1))
+    files = [out_dir / "summary.md", *files, out_dir / "results.json"]
+    return Report(files, markdown, metrics, table, cold)

@@ -1,0 +1,208 @@
+"""``rankbrew compare``: the evaluation tables of pipeline runs, read back from MLflow.
+
+The evaluation stage logs one MLflow run per (model, task) nested under the pipeline's
+parent run (``rankbrew.kind=eval``; see pipelines/eval_stage.py). This module reads
+those runs (not the stage's CSV file, so any run in the store can be compared, also
+from another machine) and rebuilds the tables with ``components.evaluate.report``: per
+task and on average, the teacher vs each baseline, the zero-shot (held-out) tasks and
+the cold-start buckets; for two runs, side by side.
+
+When a pipeline run reused a cached ``evaluate`` stage, its own parent run holds no
+eval runs: they are found through the stage key (the eval runs carry the evaluate
+stage's ``rankbrew.stage_key``), in the newest pipeline run that built them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from components import tracking
+from components.evaluate.report import (
+    EvalRecord,
+    cold_start_table,
+    render_markdown,
+    render_side_by_side,
+    side_by_side,
+    summary_table,
+)
+from pipelines.eval_stage import EVAL_KIND, TAG_EVAL_SPLIT, TAG_HELD_OUT, TAG_MODEL, TAG_TASK
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+class CompareError(RuntimeError):
+    """Nothing to compare; the message says what is missing and the fix."""
+
+
+@dataclass
+class EvaluatedRun:
+    """A pipeline run and the evaluation records that belong to it."""
+
+    run_id: str
+    experiment: str
+    started: str
+    profile: str
+    git_sha: str
+    split: str
+    evaluated_in: str  # the pipeline run whose evaluate stage logged the records
+    records: list[EvalRecord]
+
+    def describe(self) -> str:
+        via = "" if self.evaluated_in == self.run_id else (
+            f" (evaluate stage cached: results logged by run {self.evaluated_in})")
+        return (f"run `{self.run_id}` of experiment `{self.experiment}`, started {self.started}, "
+                f"profile `{self.profile}`, git `{self.git_sha[:12]}`, split `{self.split}`, "
+                f"{len(self.records)} (model, task) evaluations{via}")
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare` found: the run(s), the tables and their markdown."""
+
+    run: EvaluatedRun
+    against: EvaluatedRun | None
+    table: pl.DataFrame
+    cold_start: pl.DataFrame
+    markdown: str
+
+
+def _q(value: str) -> str:
+    return value.replace("'", "\\'")
+
+
+def _search(client, experiment_ids: list[str], filter_string: str, order_by=None) -> list[Any]:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=1000,
+                                  order_by=order_by, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _records(runs: list[Any]) -> list[EvalRecord]:
+    """Eval runs -> records; a (model, task) logged twice keeps the newest run."""
+    newest: dict[tuple[str, str], Any] = {}
+    for r in runs:
+        key = (r.data.tags.get(TAG_MODEL, "?"), r.data.tags.get(TAG_TASK, "?"))
+        if key not in newest or r.info.start_time > newest[key].info.start_time:
+            newest[key] = r
+    return [EvalRecord(m, t, r.data.tags.get(TAG_HELD_OUT) == "true", dict(r.data.metrics))
+            for (m, t), r in sorted(newest.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
+
+
+def eval_runs_of(client, pipeline_run) -> tuple[list[Any], str]:
+    """The eval runs belonging to a pipeline run and the id of the run that logged them:
+    its own nested runs, else (cached evaluate stage) those with its evaluate stage's key
+    from the newest pipeline run that has them."""
+    exp = [pipeline_run.info.experiment_id]
+    run_id = pipeline_run.info.run_id
+    kind = f"tags.`{tracking.TAG_KIND}` = '{EVAL_KIND}'"
+    own = _search(client, exp, f"tags.`{PARENT_TAG}` = '{_q(run_id)}' and {kind}")
+    if own:
+        return own, run_id
+    stage = _search(client, exp, f"tags.`{PARENT_TAG}` = '{_q(run_id)}' and "
+                                 f"tags.`{tracking.TAG_STAGE}` = 'evaluate'")
+    keys = {r.data.tags.get(tracking.TAG_STAGE_KEY) for r in stage} - {None}
+    if not keys:
+        return [], run_id
+    key = next(iter(keys))
+    same = _search(client, exp, f"tags.`{tracking.TAG_STAGE_KEY}` = '{_q(key)}' and {kind}")
+    by_parent: dict[str, list[Any]] = {}
+    for r in same:
+        by_parent.setdefault(r.data.tags.get(PARENT_TAG, ""), []).append(r)
+    if not by_parent:
+        return [], run_id
+    parent = max(by_parent, key=lambda p: max(r.info.start_time for r in by_parent[p]))
+    return by_parent[parent], parent
+
+
+def load_evaluated_run(client, run_id: str) -> EvaluatedRun:
+    """The evaluation records of pipeline run ``run_id``; an error when it has none."""
+    try:
+        run = client.get_run(run_id)
+    except Exception as err:  # MlflowException: RESOURCE_DOES_NOT_EXIST
+        raise CompareError(f"run '{run_id}' is not in the tracking store: pass the id of a "
+                           f"pipeline (parent) run, as `rankbrew run` prints it") from err
+    if run.data.tags.get(tracking.TAG_KIND) != "pipeline":
+        parent = run.data.tags.get(PARENT_TAG)
+        hint = f" (its parent is {parent})" if parent else ""
+        raise CompareError(f"run '{run_id}' is a '{run.data.tags.get(tracking.TAG_KIND, '?')}' run, "
+                           f"not a pipeline run{hint}: pass the pipeline's parent run id")
+    runs, source = eval_runs_of(client, run)
+    if not runs:
+        raise CompareError(f"pipeline run '{run_id}' has no evaluation runs: it ran without the "
+                           f"evaluate stage (evaluate.enabled / train.enabled false, --stop-after, "
+                           f"or it failed before it)")
+    exp = client.get_experiment(run.info.experiment_id)
+    started = dt.datetime.fromtimestamp(run.info.start_time / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    splits = sorted({r.data.tags.get(TAG_EVAL_SPLIT, "?") for r in runs})
+    return EvaluatedRun(run_id, exp.name if exp else run.info.experiment_id, started,
+                        run.data.tags.get(tracking.TAG_PROFILE, "?"),
+                        run.data.tags.get(tracking.TAG_GIT_SHA, "?"), "/".join(splits), source,
+                        _records(runs))
+
+
+def latest_evaluated_run(client, experiment: str) -> EvaluatedRun:
+    """The newest finished pipeline run of ``experiment`` that has evaluation results."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise CompareError(f"no experiment '{experiment}' in the tracking store (experiments: {names}): "
+                           f"pass --experiment, or --profile of the run you want")
+    runs = _search(client, [exp.experiment_id], f"tags.`{tracking.TAG_KIND}` = 'pipeline'",
+                   order_by=["attributes.start_time DESC"])
+    for run in runs:
+        if run.info.status != "FINISHED":
+            continue
+        try:
+            return load_evaluated_run(client, run.info.run_id)
+        except CompareError:
+            continue
+    raise CompareError(f"no finished pipeline run of experiment '{experiment}' has evaluation runs "
+                       f"({len(runs)} pipeline runs): run `rankbrew run` with the teacher and "
+                       f"evaluate stages enabled")
+
+
+def _client(tracking_uri: str):
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not db.exists():  # MLflow would silently create an empty store
+            raise CompareError(f"no MLflow store at {db}: run the pipeline first (`make run`) or pass "
+                               f"--tracking-uri / --profile of an existing run")
+    tracking.configure(tracking_uri)
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def compare(tracking_uri: str, experiment: str | None = None, run_id: str | None = None,
+            against: str | None = None) -> Comparison:
+    """Tables of pipeline run ``run_id`` (default: the newest evaluated run of
+    ``experiment``), or of it side by side with run ``against``."""
+    client = _client(tracking_uri)
+    if run_id is None:
+        if experiment is None:
+            raise CompareError("give --run RUN_ID or an experiment (--experiment / --profile)")
+        run = latest_evaluated_run(client, experiment)
+    else:
+        run = load_evaluated_run(client, run_id)
+    table = summary_table(run.records)
+    cold = cold_start_table(run.records)
+    if against is None:
+        md = render_markdown(table, cold, "Evaluation: teacher vs ID-based baselines",
+                             notes=[f"From MLflow: {run.describe()}."],
+                             cold_held_out=cold_start_table(run.records, held_out=True))
+        return Comparison(run, None, table, cold, md)
+    other = load_evaluated_run(client, against)
+    both = side_by_side(table, summary_table(other.records))
+    cold_both = side_by_side(cold, cold_start_table(other.records))
+    md = render_side_by_side(both, cold_both, "Evaluation: two pipeline runs side by side",
+                             notes=[f"- run: {run.describe()}", f"- against: {other.describe()}"])
+    return Comparison(run, other, both, cold_both, md)

@@ -1,0 +1,352 @@
+"""The ``evaluate`` stage: the teacher vs the ID-based baselines, per task and per slice.
+
+Flow (deps: ``split``, ``promptify``, ``align``):
+
+1. Pick the evaluation prompts: the configured split (``evaluate.split``, default
+   ``test``), every task including the held-out ones, at most
+   ``evaluate.max_prompts_per_task`` prompts per task (a seeded sample of whole lists).
+2. Fit the baselines once on the train split (``components.evaluate.baselines``), with
+   the prepare stage's steering relabel hook on synthetic data, so they learn the same
+   targets as the language model.
+3. Fan out one Ray task (``num_cpus=1``, one torch thread) per (model, task), model in
+   {teacher, each baseline}: score the task's prompts (the teacher with
+   ``ScoringEngine`` on ``<align>/model``), compute the metrics and the slices. Plain
+   tasks, not actors: an actor pool holding the CPUs deadlocked on 2 cores.
+4. As each result arrives, this process logs one MLflow run per (model, task) nested
+   under the pipeline's parent run (tags ``rankbrew.kind=eval``, ``rankbrew.model``,
+   ``rankbrew.task``, ``rankbrew.held_out``). Logging here rather than from the tasks
+   keeps one SQLite writer (concurrent writers contend, see API-NOTES).
+5. Write ``summary.csv``, ``cold_start.csv``, ``summary.md``, ``results.json``,
+   ``scores.parquet`` and the plots; log them to the stage run and to the parent run
+   (under ``evaluate/``); return the headline numbers for the stage's run.
+
+``rankbrew compare`` (pipelines/compare.py) reads the nested runs back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import zlib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from components.config import PipelineConfig
+from components.evaluate.report import TEACHER, EvalRecord
+from pipelines.dag import Stage, StageContext
+
+TAG_MODEL = "rankbrew.model"
+TAG_TASK = "rankbrew.task"
+TAG_HELD_OUT = "rankbrew.held_out"
+TAG_EVAL_SPLIT = "rankbrew.eval_split"
+EVAL_KIND = "eval"
+
+#: Columns of the promptify examples the evaluation reads.
+EXAMPLE_COLUMNS = ("example_id", "member_id", "task_id", "split", "held_out", "cutoff", "prefix",
+                   "candidates", "candidate_item_ids", "labels", "n_prior_events")
+
+
+# ============================================================================ inputs
+def select_eval_rows(examples_dir: Path, split: str, max_per_task: int | None = None, seed: int = 0,
+                     tasks: list[str] | None = None) -> pl.DataFrame:
+    """The evaluation prompts of ``split``: per task at most ``max_per_task`` rows, drawn
+    with a generator seeded by (``seed``, task id), so a task's sample does not depend on
+    which other tasks are evaluated. Sorted by (task_id, example_id)."""
+    ex = (pl.read_parquet(examples_dir, columns=list(EXAMPLE_COLUMNS))
+          .filter(pl.col("split") == split).sort("task_id", "example_id"))
+    if ex.height == 0:
+        raise ValueError(f"no '{split}' prompts in {examples_dir}: set evaluate.split to a split "
+                         f"the promptify stage wrote (valid or test)")
+    present = sorted(ex["task_id"].unique().to_list())
+    if tasks is not None:
+        unknown = sorted(set(tasks) - set(present))
+        if unknown:
+            raise ValueError(f"evaluate.tasks names {unknown}, which have no '{split}' prompts; "
+                             f"tasks with prompts: {present}")
+        ex = ex.filter(pl.col("task_id").is_in(tasks))
+    if max_per_task is None:
+        return ex
+    parts = []
+    for (task_id,), part in ex.group_by("task_id", maintain_order=True):
+        if part.height > max_per_task:
+            rng = np.random.default_rng([seed, zlib.crc32(str(task_id).encode())])
+            part = part[np.sort(rng.choice(part.height, size=max_per_task, replace=False))]
+        parts.append(part)
+    return pl.concat(parts)
+
+
+def steering_relabel_hook(cfg: PipelineConfig, tasks) -> Callable | None:
+    """The prepare stage's relabel hook (steering tasks of the synthetic world), or None."""
+    if cfg.data.source != "synthetic" or not any(t.steering for t in tasks):
+        return None
+    from components.promptify.steering import steering_relabel
+
+    world = cfg.data.synthetic
+
+    def relabel(labeled, members, items):
+        return steering_relabel(labeled, tasks, members, items, world)
+
+    return relabel
+
+
+# ============================================================================ one (model, task)
+def evaluate_model_on_task(model: str, examples: pl.DataFrame, flags: pl.DataFrame, scorer: Any,
+                           data: Any, settings: Mapping[str, Any]) -> tuple[dict[str, float], pl.DataFrame]:
+    """Score one task's prompts with one model and measure it (the body of a fan-out task).
+
+    ``scorer`` is the teacher's model directory (``model == "teacher"``) or a fitted
+    baseline (with ``data``, the split's :class:`BaselineData`). ``flags`` are the task's
+    candidate rows with slice flags. Returns (metrics, scores) where scores holds
+    ``example_id, position, score, prob`` (``prob`` null unless the model gives
+    probabilities: the teacher's P(yes), LightGBM's on tasks it has a booster for).
+
+    The teacher ranks by its logit margin (``logit_yes - logit_no``): P(yes) in float32
+    saturates at 0 and 1 and would turn confident answers into ties."""
+    import torch
+
+    from components.evaluate.report import model_task_metrics
+
+    torch.set_num_threads(1)  # one CPU per task (num_cpus=1)
+    task_id = examples["task_id"][0]
+    if model == TEACHER:
+        from components.model.engine import ScoringEngine
+
+        engine = ScoringEngine.from_pretrained(scorer)
+        lists = engine.score_batch([(p, list(c)) for p, c in zip(examples["prefix"], examples["candidates"],
+                                                                  strict=True)], margins=True)
+        lists = [np.asarray(x, dtype=np.float64) for x in lists]
+        probs = [1.0 / (1.0 + np.exp(-x)) for x in lists]
+    else:
+        from components.evaluate.baselines import score_lists
+
+        lists = score_lists(scorer, data, examples)
+        gives_probs = model == "lightgbm" and getattr(scorer, "boosters", {}).get(task_id) is not None
+        probs = lists if gives_probs else None
+    sizes = [len(x) for x in lists]
+    expected = examples["candidate_item_ids"].list.len().to_list()
+    if sizes != expected:
+        raise RuntimeError(f"{model} returned {sum(sizes)} scores for task {task_id} but its prompts "
+                           f"hold {sum(expected)} candidates: a scorer must score every candidate")
+    flat = np.concatenate(lists) if lists else np.zeros(0)
+    scores = pl.DataFrame({
+        "example_id": np.repeat(examples["example_id"].to_numpy(), sizes),
+        "position": np.concatenate([np.arange(n) for n in sizes]).astype(np.int32),
+        "score": flat,
+    }, schema={"example_id": pl.Utf8, "position": pl.Int32, "score": pl.Float64})
+    scores = scores.with_columns(pl.Series("prob", np.concatenate(probs), dtype=pl.Float64)
+                                 if probs is not None else pl.lit(None, pl.Float64).alias("prob"))
+    rows = flags.join(scores, on=["example_id", "position"], how="left")
+    if rows["score"].null_count():
+        raise RuntimeError(f"{rows['score'].null_count()} candidate rows of task {task_id} got no "
+                           f"{model} score: the scores do not line up with the candidates (a bug)")
+    metrics = model_task_metrics(rows, "score", "prob" if probs is not None else None,
+                                 n_boot=settings["bootstrap_samples"], ece_bins=settings["ece_bins"],
+                                 seed=settings["seed"])
+    return metrics, scores
+
+
+def run_fanout(examples: pl.DataFrame, flags: pl.DataFrame, scorers: Mapping[str, Any], data: Any,
+               settings: Mapping[str, Any], on_result: Callable[[EvalRecord], None] | None = None,
+               teacher_gpus: float = 0.0) -> list[tuple[EvalRecord, pl.DataFrame]]:
+    """One Ray task (``num_cpus=1``) per (model, task); ``on_result`` is called in this
+    process as each finishes. Needs Ray initialized (inside a stage task it is).
+
+    Returns (record, scores) per pair, scores with ``model`` and ``task_id`` added."""
+    import ray
+
+    remote = ray.remote(evaluate_model_on_task)
+    data_ref = ray.put(data) if any(m != TEACHER for m in scorers) else None
+    scorer_refs = {m: (s if m == TEACHER else ray.put(s)) for m, s in scorers.items()}
+    per_task = examples.partition_by("task_id", as_dict=True, maintain_order=True)
+    flags_by_task = flags.partition_by("task_id", as_dict=True, maintain_order=True)
+    inputs = {}
+    for (task_id,), ex in per_task.items():
+        inputs[task_id] = (ray.put(ex), ray.put(flags_by_task[(task_id,)]), bool(ex["held_out"][0]))
+    pending: dict[Any, tuple[str, str, bool]] = {}
+    # the teacher's tasks first: they are the longest, starting them early shortens the tail
+    for m in sorted(scorers, key=lambda m: m != TEACHER):
+        for task_id, (ex_ref, fl_ref, held_out) in inputs.items():
+            opts: dict[str, Any] = {"num_cpus": 1, "max_retries": 1, "name": f"eval:{m}:{task_id}"}
+            if m == TEACHER and teacher_gpus:
+                opts["num_gpus"] = teacher_gpus
+            ref = remote.options(**opts).remote(m, ex_ref, fl_ref, scorer_refs[m],
+                                                data_ref if m != TEACHER else None, settings)
+            pending[ref] = (m, task_id, held_out)
+    out = []
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            m, task_id, held_out = pending.pop(done[0])
+            metrics, scores = ray.get(done[0])
+            record = EvalRecord(m, task_id, held_out, metrics)
+            if on_result is not None:
+                on_result(record)
+            out.append((record, scores.with_columns(pl.lit(m).alias("model"), pl.lit(task_id).alias("task_id"))))
+    finally:
+        for ref in pending:  # a failed pair fails the stage: do not leave the others running
+            ray.cancel(ref)
+    return out
+
+
+# ============================================================================ MLflow
+class EvalRunLogger:
+    """Logs one MLflow run per (model, task), nested under the pipeline's parent run.
+
+    The parent is the stage run's ``mlflow.parentRunId``; the runs carry the stage run's
+    git sha, config hash, profile and stage key tags, so ``rankbrew compare`` finds them
+    even when a later pipeline run reuses the cached stage."""
+
+    def __init__(self, stage_run_id: str, params: Mapping[str, Any], split: str):
+        from mlflow.tracking import MlflowClient
+
+        from components import tracking
+
+        self.client = MlflowClient()
+        run = self.client.get_run(stage_run_id)
+        self.stage_run_id = stage_run_id
+        self.parent_run_id = run.data.tags.get("mlflow.parentRunId") or stage_run_id
+        self.experiment_id = run.info.experiment_id
+        # not rankbrew.stage: tools that list a pipeline's stage runs by it must not see these
+        keep = (tracking.TAG_GIT_SHA, tracking.TAG_CONFIG_HASH, tracking.TAG_PROFILE, tracking.TAG_STAGE_KEY)
+        self.tags = {k: v for k, v in run.data.tags.items() if k in keep}
+        self.tags.update({tracking.TAG_KIND: EVAL_KIND, TAG_EVAL_SPLIT: split})
+        self.params = {k: str(v) for k, v in params.items()}
+        self.run_ids: dict[tuple[str, str], str] = {}
+
+    def log(self, record: EvalRecord, extra_params: Mapping[str, str] | None = None) -> str:
+        from mlflow.entities import Metric, Param
+
+        tags = {**self.tags, "mlflow.parentRunId": self.parent_run_id, TAG_MODEL: record.model,
+                TAG_TASK: record.task_id, TAG_HELD_OUT: str(bool(record.held_out)).lower()}
+        run = self.client.create_run(self.experiment_id, tags=tags,
+                                     run_name=f"eval/{record.model}/{record.task_id}")
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in sorted(record.metrics.items())]
+        params = [Param(k, v) for k, v in {**self.params, **(extra_params or {})}.items()]
+        self.client.log_batch(run.info.run_id, metrics=metrics, params=params)
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+        self.run_ids[(record.model, record.task_id)] = run.info.run_id
+        return run.info.run_id
+
+    def log_artifacts(self, paths: list[Path], artifact_path: str) -> None:
+        """To the parent run (under ``evaluate/``); the stage run gets them via the ctx."""
+        for p in paths:
+            self.client.log_artifact(self.parent_run_id, str(p), artifact_path)
+
+
+def _model_params(name: str, model: Any, task_id: str) -> dict[str, str]:
+    """Per-(model, task) facts worth a param: the popularity variant, a LightGBM fallback."""
+    if name == "popularity" and hasattr(model, "variant"):
+        return {"popularity_variant": model.variant.get(task_id, "-")}
+    if name == "lightgbm" and getattr(model, "fallback", {}).get(task_id):
+        return {"lightgbm_fallback": model.fallback[task_id]}
+    return {}
+
+
+# ============================================================================ the stage
+def evaluate(ctx: StageContext) -> dict[str, float]:
+    """Teacher vs baselines on the configured split: nested MLflow runs, summary, plots."""
+    from components.evaluate.baselines import BaselineConfig, BaselineData, fit_baselines
+    from components.evaluate.report import write_report
+    from components.evaluate.slices import candidate_rows, slice_flags
+    from pipelines.stages import load_pipeline_tasks
+    from pipelines.teacher_stages import MODEL_DIR
+
+    ecfg = ctx.cfg.evaluate
+    t0 = time.perf_counter()
+    examples = select_eval_rows(ctx.inputs["promptify"] / "examples", ecfg.split,
+                                ecfg.max_prompts_per_task, ecfg.seed, ecfg.tasks)
+    wanted = set(examples["task_id"].unique().to_list())
+    tasks = [t for t in load_pipeline_tasks(ctx.cfg) if t.id in wanted]
+    missing = sorted(wanted - {t.id for t in tasks})
+    if missing:
+        raise ValueError(f"tasks {missing} of the examples are not in the task registry of this profile: "
+                         f"set promptify.tasks / promptify.domain as the promptify stage had them")
+    ctx.log(f"{examples.height} '{ecfg.split}' prompts of {len(tasks)} tasks "
+            f"({sum(t.held_out for t in tasks)} held out); baselines {ecfg.baselines}")
+
+    data = BaselineData.from_split_dir(ctx.inputs["split"])
+    baselines: dict[str, Any] = {}
+    relabel = steering_relabel_hook(ctx.cfg, tasks)
+    if ecfg.baselines:
+        baselines = fit_baselines(data, tasks, BaselineConfig(baselines=list(ecfg.baselines), seed=ecfg.seed),
+                                  relabel=relabel)
+    fit_seconds = time.perf_counter() - t0
+    ctx.log(f"baselines fitted in {fit_seconds:.1f}s (steering relabel: "
+            f"{'on' if relabel else 'off'})")
+
+    flags = slice_flags(candidate_rows(examples), data.items)
+    scorers = {TEACHER: str(ctx.inputs["align"] / MODEL_DIR), **baselines}
+    settings = {"bootstrap_samples": ecfg.bootstrap_samples, "ece_bins": ecfg.ece_bins, "seed": ecfg.seed}
+    logger = None
+    if ctx.mlflow_run_id is not None:
+        logger = EvalRunLogger(ctx.mlflow_run_id, {
+            "split": ecfg.split, "max_prompts_per_task": ecfg.max_prompts_per_task,
+            "bootstrap_samples": ecfg.bootstrap_samples, "ece_bins": ecfg.ece_bins, "seed": ecfg.seed},
+            ecfg.split)
+
+    def on_result(rec: EvalRecord) -> None:
+        if logger is not None:
+            logger.log(rec, _model_params(rec.model, scorers[rec.model], rec.task_id))
+        auc = rec.metrics.get("auc", math.nan)
+        ctx.log(f"{rec.model:<10} {rec.task_id:<45} AUC {auc:.3f}")
+
+    t1 = time.perf_counter()
+    results = run_fanout(examples, flags, scorers, data, settings, on_result,
+                         teacher_gpus=1.0 if ctx.cfg.train.use_gpu else 0.0)
+    fanout_seconds = time.perf_counter() - t1
+    records = sorted((r for r, _ in results), key=lambda r: (r.task_id, r.model))
+
+    scores = pl.concat([s for _, s in results]).join(
+        flags.select("example_id", "position", "task_id", "member_id", "held_out", "item_id", "label",
+                     "n_prior_events", "new_item"), on=["example_id", "position", "task_id"], how="left",
+    ).sort("model", "task_id", "example_id", "position")
+    scores.write_parquet(ctx.out_dir / "scores.parquet")
+    notes = [f"Split `{ecfg.split}`: {examples.height} prompts, {flags.height} candidates, "
+             f"{len(tasks)} tasks (at most {ecfg.max_prompts_per_task or 'all'} prompts per task, "
+             f"seed {ecfg.seed}); models: {', '.join(scorers)}; AUC intervals: "
+             f"{ecfg.bootstrap_samples} bootstrap replicates over prompts."]
+    teacher = scores.filter(pl.col("model") == TEACHER)
+    report = write_report(records, ctx.out_dir, title=f"Evaluation on the {ecfg.split} split",
+                          notes=notes, teacher_probs=teacher["prob"].to_numpy(),
+                          teacher_labels=teacher["label"].to_numpy(),
+                          teacher_held_out=teacher["held_out"].to_numpy(), ece_bins=ecfg.ece_bins)
+    for p in report.files:
+        ctx.log_artifact(p, "plots" if p.parent.name == "plots" else None)
+    if logger is not None:
+        logger.log_artifacts([p for p in report.files if p.parent.name != "plots"], "evaluate")
+        logger.log_artifacts([p for p in report.files if p.parent.name == "plots"], "evaluate/plots")
+    ctx.log("\n" + report.markdown)
+    return {
+        "prompts": float(examples.height),
+        "candidates": float(flags.height),
+        "tasks": float(len(tasks)),
+        "eval_runs": float(len(records)),
+        "fit_seconds": fit_seconds,
+        "fanout_seconds": fanout_seconds,
+        **report.metrics,
+    }
+
+
+EVALUATE_STAGE = Stage(
+    "evaluate", evaluate, deps=("split", "promptify", "align"), config_keys=("evaluate",), num_cpus=0,
+    description="teacher vs baselines per task: Ray fan-out, nested MLflow runs, summary + plots",
+)
+
+
+def summary_path(stage_dir: Path) -> Path:
+    """Where the stage leaves its markdown summary (the CLI prints it after a run)."""
+    return Path(stage_dir) / "summary.md"
+
+
+def load_records(stage_dir: Path) -> list[EvalRecord]:
+    """The stage's per-(model, task) records from its ``results.json``."""
+    raw = json.loads((Path(stage_dir) / "results.json").read_text())
+    return [EvalRecord(r["model"], r["task_id"], r["held_out"],
+                       {k: math.nan if v is None else float(v) for k, v in r["metrics"].items()})
+            for r in raw["records"]]
