@@ -399,11 +399,7 @@ def plot_task_auc(table: pl.DataFrame, path: Path, teacher: str = TEACHER) -> Pa
     ax.set_xlabel("AUC (task's candidates pooled)")
     ax.set_title("AUC per task: teacher vs ID-based baselines")
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_cold_start_gain(cold: pl.DataFrame, path: Path, teacher: str = TEACHER) -> Path:
@@ -428,6 +424,11 @@ def plot_cold_start_gain(cold: pl.DataFrame, path: Path, teacher: str = TEACHER)
     ax.set_title("Cold start: teacher's AUC gain by member activity (trained tasks)", fontsize=10)
     if baselines:
         ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: Path) -> Path:
+    """Write a figure (creating its directory) and free it."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -450,11 +451,7 @@ def plot_calibration(curve: Mapping[str, np.ndarray], path: Path, title: str = "
     ax.set_ylabel("observed positive rate in bin")
     ax.set_title(f"Calibration of the {title} (equal-mass bins)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 # ============================================================================ files
