@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.rankbrew-installed
 export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_USAGE_STATS_ENABLED  := 0
 
-.PHONY: setup run test lint bench mlflow-ui stages compare clean help
+.PHONY: setup run test lint bench mlflow-ui stages compare analyze clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ bench: setup  ## benchmarks; numbers go to docs/benchmarks.md
 
 compare: setup  ## print the newest run's evaluation from MLflow (teacher vs baselines)
 	$(BIN)/rankbrew compare --profile $(PROFILE)
+
+analyze: setup  ## analyses of the newest run (AUC vs context, data, model size; steering) -> MLflow
+	$(BIN)/rankbrew analyze --profile $(PROFILE)
 
 stages: setup  ## list the pipeline's stages
 	$(BIN)/rankbrew stages --profile $(PROFILE)

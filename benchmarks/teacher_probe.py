@@ -81,6 +81,9 @@ def main() -> None:
     ap.add_argument("--train-prompts", type=int, default=0, help="0: all")
     ap.add_argument("--valid-prompts", type=int, default=1500)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warm-tasks", default=None,
+                    help="regex of task ids for a warm-up phase before --steps on all tasks")
+    ap.add_argument("--warm-steps", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/bench/teacher_probe"))
     args = ap.parse_args()
 
@@ -127,6 +130,14 @@ def main() -> None:
                                         log_every=100),
                    args.out / "cpt", yes_id=yes, no_id=no, pad_id=tok.pad_token_id,
                    on_log=log).module.lm
+    if args.warm_steps and args.warm_tasks:
+        warm = tokenize_prompts(tr.filter(pl.col("task_id").str.contains(args.warm_tasks)),
+                                tok, yes, no, 1024, "multi_item")
+        wcfg = TrainConfig(stage=args.stage, max_steps=args.warm_steps, batch_size=args.batch_size,
+                           lr=args.lr, warmup_steps=min(50, args.warm_steps // 10),
+                           checkpoint_every=0, log_every=50, lm_weight=args.lm_weight)
+        lm = train(lm, warm, wcfg, args.out / "warm", yes_id=yes, no_id=no,
+                   pad_id=tok.pad_token_id, on_log=log).module.lm
     cfg = TrainConfig(stage=args.stage, max_steps=args.steps, batch_size=args.batch_size,
                       lr=args.lr, warmup_steps=min(50, args.steps // 10), checkpoint_every=0,
                       log_every=50, lm_weight=args.lm_weight)

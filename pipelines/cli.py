@@ -30,6 +30,11 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a config value: --set data.synthetic.members=500"),
 ]
+TrackingUriOpt = Annotated[str | None, typer.Option(
+    "--tracking-uri", help="MLflow tracking URI. Default: the profile's store "
+    "(run.mlflow_tracking_uri, else sqlite:///<run.work_dir>/mlflow.db).")]
+ExperimentOpt = Annotated[str | None, typer.Option(
+    "--experiment", help="MLflow experiment to search. Default: the profile's run.name.")]
 
 
 def _parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -100,11 +105,8 @@ def compare(
     against: Annotated[str | None, typer.Option(
         "--against", help="A second pipeline run id: print both runs side by side (each model's "
         "AUC in both, and the teacher's delta).")] = None,
-    tracking_uri: Annotated[str | None, typer.Option(
-        "--tracking-uri", help="MLflow tracking URI. Default: the profile's store "
-        "(run.mlflow_tracking_uri, else sqlite:///<run.work_dir>/mlflow.db).")] = None,
-    experiment: Annotated[str | None, typer.Option(
-        "--experiment", help="MLflow experiment to search. Default: the profile's run.name.")] = None,
+    tracking_uri: TrackingUriOpt = None,
+    experiment: ExperimentOpt = None,
     profile: ProfileOpt = "local",
     set_: SetOpt = None,
 ) -> None:
@@ -139,6 +141,76 @@ def compare(
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(1) from None
     console.print(result.markdown, markup=False, highlight=False)
+
+
+@app.command()
+def analyze(
+    run_id: Annotated[str | None, typer.Option(
+        "--run-id", help="Pipeline (parent) run id to analyse, as `rankbrew run` prints it. "
+        "Default: the newest finished pipeline run whose trained teacher is on disk.")] = None,
+    only: Annotated[str | None, typer.Option(
+        "--only", help="Comma-separated analyses to run (context_budget, data_amount, "
+        "model_size, steering). Default: the profile's analyses.run (all four).")] = None,
+    tracking_uri: TrackingUriOpt = None,
+    experiment: ExperimentOpt = None,
+    profile: ProfileOpt = "local",
+    set_: SetOpt = None,
+) -> None:
+    """Analyse a finished pipeline run: AUC vs context, data, model size; steering.
+
+    Four analyses, each one MLflow run nested under the pipeline run (tags
+    rankbrew.kind=analysis, rankbrew.analysis=NAME) with a metric per sweep
+    point, a CSV table and a PNG plot (files under <work_dir>/analyses/):
+
+      context_budget  the trained teacher's mean per-task AUC (and that of
+                      the cold-start bucket) with the evaluation prefixes
+                      re-rendered at other history token budgets
+
+      data_amount     teachers trained on shares of the training prompts at
+                      equal steps (one process, no Ray); AUC per share
+
+      model_size      the same for model widths: AUC vs parameters
+
+      steering        steering tasks scored under their own and under their
+                      base task's instruction: AUC against the steered
+                      labels under each, and the Spearman correlation of
+                      the score change with the named criteria's utility
+                      (synthetic data only)
+
+    Sizes, steps and samples: the profile's `analyses:` section (--set
+    overrides them). Not part of `rankbrew run`: the sweeps train models
+    (about 10 minutes on 2 cores with the local profile's defaults).
+
+    Examples:
+
+      rankbrew analyze                          # newest run, local profile
+
+      rankbrew analyze --only context_budget,steering      # no training
+
+      rankbrew analyze --run-id RUN_ID --set analyses.training.steps=300
+    """
+    from components.tracking import default_tracking_uri
+    from pipelines.analyses import AnalysisError, find_run_artifacts
+    from pipelines.analyses import analyze as run_analyses
+
+    cfg = _load(profile, set_)
+    work_dir = cfg.run.work_dir.resolve()
+    uri = tracking_uri or cfg.run.mlflow_tracking_uri or default_tracking_uri(work_dir)
+    names = [n.strip() for n in only.split(",") if n.strip()] if only else None
+    try:
+        art = find_run_artifacts(uri, experiment or cfg.run.name, work_dir / "artifacts", run_id)
+        console.print(f"[bold]rankbrew analyze[/bold] pipeline run {art.pipeline_run_id}, teacher "
+                      f"{art.model_dir}")
+        results = run_analyses(cfg, art, names, tracking_uri=uri, out_root=work_dir / "analyses",
+                               log=lambda m: console.print(m, markup=False, highlight=False))
+    except (AnalysisError, ConfigError) as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from None
+    console.print()
+    for r in results:
+        console.print(r.markdown(), markup=False, highlight=False)
+    console.print(f"files:  {work_dir / 'analyses' / art.key}")
+    console.print(f"MLflow: {uri}  (runs nested under {art.pipeline_run_id}, tag rankbrew.kind=analysis)")
 
 
 @app.command("config")

@@ -75,7 +75,7 @@ def _q(value: str) -> str:
     return value.replace("'", "\\'")
 
 
-def _search(client, experiment_ids: list[str], filter_string: str, order_by=None) -> list[Any]:
+def search_all_runs(client, experiment_ids: list[str], filter_string: str, order_by=None) -> list[Any]:
     runs, token = [], None
     while True:
         page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=1000,
@@ -104,16 +104,16 @@ def eval_runs_of(client, pipeline_run) -> tuple[list[Any], str]:
     exp = [pipeline_run.info.experiment_id]
     run_id = pipeline_run.info.run_id
     kind = f"tags.`{tracking.TAG_KIND}` = '{EVAL_KIND}'"
-    own = _search(client, exp, f"tags.`{PARENT_TAG}` = '{_q(run_id)}' and {kind}")
+    own = search_all_runs(client, exp, f"tags.`{PARENT_TAG}` = '{_q(run_id)}' and {kind}")
     if own:
         return own, run_id
-    stage = _search(client, exp, f"tags.`{PARENT_TAG}` = '{_q(run_id)}' and "
+    stage = search_all_runs(client, exp, f"tags.`{PARENT_TAG}` = '{_q(run_id)}' and "
                                  f"tags.`{tracking.TAG_STAGE}` = 'evaluate'")
     keys = {r.data.tags.get(tracking.TAG_STAGE_KEY) for r in stage} - {None}
     if not keys:
         return [], run_id
     key = next(iter(keys))
-    same = _search(client, exp, f"tags.`{tracking.TAG_STAGE_KEY}` = '{_q(key)}' and {kind}")
+    same = search_all_runs(client, exp, f"tags.`{tracking.TAG_STAGE_KEY}` = '{_q(key)}' and {kind}")
     by_parent: dict[str, list[Any]] = {}
     for r in same:
         by_parent.setdefault(r.data.tags.get(PARENT_TAG, ""), []).append(r)
@@ -156,7 +156,7 @@ def latest_evaluated_run(client, experiment: str) -> EvaluatedRun:
         names = sorted(e.name for e in client.search_experiments())
         raise CompareError(f"no experiment '{experiment}' in the tracking store (experiments: {names}): "
                            f"pass --experiment, or --profile of the run you want")
-    runs = _search(client, [exp.experiment_id], f"tags.`{tracking.TAG_KIND}` = 'pipeline'",
+    runs = search_all_runs(client, [exp.experiment_id], f"tags.`{tracking.TAG_KIND}` = 'pipeline'",
                    order_by=["attributes.start_time DESC"])
     for run in runs:
         if run.info.status != "FINISHED":

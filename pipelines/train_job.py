@@ -343,6 +343,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-train-prompts", type=int, default=2000)
     ap.add_argument("--max-valid-prompts", type=int, default=100)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lm-weight", type=float, default=0.0)
+    ap.add_argument("--group-by-length", type=int, default=0,
+                    help="rounds per length-sorted window (0: plain shuffle)")
     args = ap.parse_args(argv)
 
     data = TrainDataConfig(
@@ -352,7 +355,8 @@ def main(argv: list[str] | None = None) -> None:
         max_train_prompts=args.max_train_prompts, max_valid_prompts=args.max_valid_prompts)
     train = TrainConfig(stage=args.stage, max_steps=args.steps, batch_size=args.batch_size,
                         lr=args.lr, warmup_steps=min(10, args.steps - 1),
-                        checkpoint_every=max(1, args.steps // 2), log_every=1)
+                        checkpoint_every=max(1, args.steps // 2), log_every=1,
+                        lm_weight=args.lm_weight, group_by_length=args.group_by_length)
     base = {"hidden_size": args.hidden, "num_layers": args.layers, "num_heads": args.heads,
             "num_kv_heads": args.kv_heads, "intermediate_size": args.intermediate,
             "num_experts": args.experts}

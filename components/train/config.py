@@ -83,6 +83,9 @@ class TrainConfig(StrictModel):
                              "next-token loss on the prompt text (prefix and candidates, not "
                              "the answers): a dense signal that keeps teaching the profile and "
                              "item text while the sparse answer loss teaches ranking.")
+    group_by_length: int = Field(0, ge=0, description="Group micro-batches by prompt "
+                                 "length in windows of this many rounds (0: plain shuffle); "
+                                 "cuts padding and the wait for the slowest rank.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: "
                                 "leave torch's default).")
 

@@ -474,10 +474,24 @@ class BatchPlan:
     uninterrupted run sees after s, and every rank must run the same number of
     micro-batches (FSDP all-gathers are collectives). Each epoch is a seeded permutation,
     padded by wrap-around to a multiple of ``world * batch_size`` and dealt round-robin.
+
+    ``group_batches`` > 0 (with ``lengths``) groups by length, as Hugging Face's
+    ``group_by_length`` does: the permutation is cut into windows of ``group_batches``
+    rounds (a round = one micro-batch on every rank), each window sorted by length, and
+    the rounds then shuffled. Why: a micro-batch is padded to its longest prompt and every
+    rank waits for the slowest at each collective, so random mixing of 200- and
+    1,000-token prompts wastes a large share of CPU time on padding and waiting.
     """
 
     def __init__(self, n_items: int, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1, shuffle: bool = True) -> None:
+                 world_size: int = 1, shuffle: bool = True,
+                 lengths: Sequence[int] | None = None, group_batches: int = 0) -> None:
+        if lengths is not None and len(lengths) != n_items:
+            raise TrainDataError(f"BatchPlan: {len(lengths)} lengths for {n_items} items")
+        if group_batches and lengths is None:
+            raise TrainDataError("BatchPlan: group_batches needs the items' lengths")
+        self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
+        self.group = int(group_batches)
         if n_items < 1:
             raise TrainDataError("the training set is empty: check data.examples_dir / the "
                                  "split and the TokenizeStats (prompts dropped as too long?)")
@@ -497,10 +511,27 @@ class BatchPlan:
                 order = np.arange(self.n)
             total = self.batches_per_epoch * self.world * self.bs
             order = np.resize(order, total)  # wrap-around padding
+            if self.group and self.lengths is not None:
+                order = self._group_by_length(order, epoch)
             self._order = order[self.rank::self.world]
             self._epoch = epoch
         assert self._order is not None
         return self._order
+
+    def _group_by_length(self, order: np.ndarray, epoch: int) -> np.ndarray:
+        """Sort windows of ``group`` rounds by length, then shuffle whole rounds. A round
+        is ``world * bs`` consecutive items; dealing it round-robin gives every rank
+        ``bs`` items of similar length."""
+        assert self.lengths is not None
+        per_round = self.world * self.bs
+        window = self.group * per_round
+        parts = []
+        for s in range(0, len(order), window):
+            w = order[s:s + window]
+            parts.append(w[np.argsort(-self.lengths[w], kind="stable")])
+        rounds = np.concatenate(parts).reshape(-1, per_round)
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 7_919)
+        return rounds[torch.randperm(len(rounds), generator=g).numpy()].reshape(-1)
 
     def indices(self, micro_step: int) -> list[int]:
         epoch, j = divmod(micro_step, self.batches_per_epoch)

@@ -362,7 +362,10 @@ def train(lm: nn.Module, train_set: PromptDataset | PackedDataset, cfg: TrainCon
         history, evals = state.get("history", []), state.get("evals", [])
         tokens_seen = int(state.get("tokens_seen", 0))
 
-    plan = BatchPlan(len(train_set), cfg.batch_size, cfg.seed, rank, world)
+    lengths = ([len(train_set[i]) for i in range(len(train_set))]
+               if cfg.group_by_length else None)
+    plan = BatchPlan(len(train_set), cfg.batch_size, cfg.seed, rank, world,
+                     lengths=lengths, group_batches=cfg.group_by_length)
     grad_scale = world if sharded else 1  # FSDP averages gradients over ranks
     last_ckpt: Path | None = None
     train_seconds = 0.0
