@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--experts", type=int, default=4)
     ap.add_argument("--top-k", type=int, default=2)
     ap.add_argument("--router-std", type=float, default=1e-3)
+    ap.add_argument("--router-aux-weight", type=float, default=0.0,
+                    help="load-balancing loss weight for the MoE phases (0: none, as measured)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lm-weight", type=float, default=1.0)
@@ -160,7 +162,7 @@ def main() -> None:
         cfg = TrainConfig(stage="sft", max_steps=steps, batch_size=args.batch_size,
                           lr=args.lr, warmup_steps=min(50, steps // 10), checkpoint_every=0,
                           log_every=1, lm_weight=args.lm_weight, seed=seed,
-                          threads=args.threads)
+                          threads=args.threads, router_aux_weight=args.router_aux_weight)
         t0 = time.perf_counter()
         res = train(lm, train_set, cfg, args.out / name, yes_id=yes, no_id=no, pad_id=pad,
                     device=device)

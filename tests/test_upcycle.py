@@ -139,6 +139,35 @@ def test_experts_diverge_and_loss_goes_down(sft_data, tmp_path):
         assert not torch.equal(layer.mlp.gate.weight.detach(), r0)
 
 
+def test_router_load_balancing_loss_is_logged_and_penalises_a_collapsed_router(sft_data, tmp_path):
+    from components.train.data import collate
+    from components.train.losses import RankingLM, router_aux_loss, stage_counts, stage_loss
+
+    d = sft_data
+    moe = upcycle_to_moe(dense_model(vocab=len(d["tok"])), num_experts=4, experts_per_token=2)
+    module = RankingLM(moe, d["yes"], d["no"])
+    batch = collate(d["train"].prompts[:4], d["tok"].pad_token_id)
+    even = stage_loss(module, batch, "sft", lm_weight=1.0, router_aux_weight=1.0)
+    assert set(even) == {"sft", "lm", "router_aux"} == set(stage_counts(batch, "sft", 1.0, True))
+    # a near-uniform router is balanced: num_experts * sum_e f_e P_e ~ top-k = 2
+    assert float(even["router_aux"].total.detach()) == pytest.approx(2.0, abs=0.1)
+    # a router sending every real token to experts 0 and 1 is penalised
+    n_tok = batch.input_ids.numel()
+    skew = torch.tensor([5.0, 4.0, 0.0, 0.0]).expand(n_tok, 4)
+    out = {"router_logits": tuple(skew for _ in moe.model.layers)}
+    collapsed = router_aux_loss(module, out, batch, 1.0)
+    assert float(collapsed.total.detach()) > 1.5 * float(even["router_aux"].total.detach())
+    # a dense model has no router: the weight is ignored
+    dense = RankingLM(dense_model(vocab=len(d["tok"])), d["yes"], d["no"])
+    assert "router_aux" not in stage_loss(dense, batch, "sft", router_aux_weight=1.0)
+    # in training it is a logged term of the loss
+    fresh = upcycle_to_moe(dense_model(vocab=len(d["tok"])), 4, 2)
+    res = train(fresh, d["train"], sft_cfg(max_steps=3, router_aux_weight=0.01), tmp_path / "aux",
+                yes_id=d["yes"], no_id=d["no"], pad_id=d["tok"].pad_token_id)
+    assert all(np.isfinite(h["loss_router_aux"]) and h["loss_router_aux"] > 0
+               for h in res.history)
+
+
 # ------------------------------------------------------------------------ save / load
 
 

@@ -83,6 +83,10 @@ class TrainConfig(StrictModel):
                              "next-token loss on the prompt text (prefix and candidates, not "
                              "the answers): a dense signal that keeps teaching the profile and "
                              "item text while the sparse answer loss teaches ranking.")
+    router_aux_weight: float = Field(0.0, ge=0, description="MoE only: weight of the "
+                                     "Switch-Transformer load-balancing loss (transformers' "
+                                     "load_balancing_loss_func), which keeps every expert in "
+                                     "use; ignored for dense models.")
     group_by_length: int = Field(0, ge=0, description="Group micro-batches by prompt "
                                  "length in windows of this many rounds (0: plain shuffle); "
                                  "cuts padding and the wait for the slowest rank.")

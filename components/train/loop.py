@@ -58,7 +58,13 @@ from components.train.fsdp import (
     set_gradient_sync,
     shard_model,
 )
-from components.train.losses import RankingLM, score_margin, stage_counts, stage_loss
+from components.train.losses import (
+    RankingLM,
+    score_margin,
+    stage_counts,
+    stage_loss,
+    uses_router_aux,
+)
 
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -367,6 +373,7 @@ def train(lm: nn.Module, train_set: PromptDataset | PackedDataset, cfg: TrainCon
     plan = BatchPlan(len(train_set), cfg.batch_size, cfg.seed, rank, world,
                      lengths=lengths, group_batches=cfg.group_by_length)
     grad_scale = world if sharded else 1  # FSDP averages gradients over ranks
+    router_aux = uses_router_aux(module, cfg.router_aux_weight)
     last_ckpt: Path | None = None
     train_seconds = 0.0
     window_tokens, window_seconds = 0, 0.0
@@ -376,7 +383,7 @@ def train(lm: nn.Module, train_set: PromptDataset | PackedDataset, cfg: TrainCon
                          pad_id).to(device) for a in range(cfg.grad_accum)]
         local_counts: dict[str, int] = {}
         for b in micro:
-            for k, v in stage_counts(b, cfg.stage, cfg.lm_weight).items():
+            for k, v in stage_counts(b, cfg.stage, cfg.lm_weight, router_aux).items():
                 local_counts[k] = local_counts.get(k, 0) + v
         names = sorted(local_counts)
         counts = torch.tensor([local_counts[k] for k in names] + [sum(b.n_tokens for b in micro)],
@@ -389,7 +396,8 @@ def train(lm: nn.Module, train_set: PromptDataset | PackedDataset, cfg: TrainCon
         term_values = dict.fromkeys(names, 0.0)
         for a, b in enumerate(micro):
             set_gradient_sync(module, a == len(micro) - 1)
-            parts = stage_loss(module, b, cfg.stage, cfg.align_sft_weight, cfg.lm_weight)
+            parts = stage_loss(module, b, cfg.stage, cfg.align_sft_weight, cfg.lm_weight,
+                               cfg.router_aux_weight)
             loss = sum(p.total / max(global_counts[k], 1.0) for k, p in parts.items())
             (loss * grad_scale).backward()
             for k, p in parts.items():

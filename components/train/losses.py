@@ -135,7 +135,15 @@ class RankingLM(nn.Module):
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
             ~mask, torch.finfo(dtype).min)
 
-    def forward(self, batch: Batch, mode: str) -> dict[str, torch.Tensor]:
+    @property
+    def moe(self) -> tuple[int, int] | None:
+        """``(num_experts, experts_per_token)`` for a Mixtral-style model, else ``None``."""
+        c = self.lm.config
+        n = getattr(c, "num_local_experts", None)
+        return (int(n), int(c.num_experts_per_tok)) if n else None
+
+    def forward(self, batch: Batch, mode: str, router_logits: bool = False
+                ) -> dict[str, torch.Tensor]:
         """``mode``: ``"lm"`` -> full logits [B, T, V] (CPT); ``"scores"`` -> the fp32
         label logits [n, 2] at the cues (two rows of the head); ``"cues"`` -> those plus
         the full-vocabulary logits [n, V] at the cues (for the SFT term).
@@ -143,13 +151,15 @@ class RankingLM(nn.Module):
         Everything that reads the head weight happens here, inside the FSDP root's
         forward, where the weight is gathered."""
         dtype = next(self.lm.parameters()).dtype
-        out = self.body()(input_ids=batch.input_ids,
-                          attention_mask=self._attention_mask(batch, dtype),
-                          position_ids=batch.position_ids, use_cache=False)
-        hidden = out.last_hidden_state
+        extra = {"output_router_logits": True} if router_logits and self.moe else {}
+        body_out = self.body()(input_ids=batch.input_ids,
+                               attention_mask=self._attention_mask(batch, dtype),
+                               position_ids=batch.position_ids, use_cache=False, **extra)
+        hidden = body_out.last_hidden_state
         head = self.lm.get_output_embeddings()
+        router = ({"router_logits": body_out.router_logits} if extra else {})
         if mode == "lm":
-            return {"logits": head(hidden)}
+            return {"logits": head(hidden), **router}
         if mode not in ("scores", "cues", "cues+lm"):
             raise ValueError(f"mode={mode!r}: use 'lm', 'scores', 'cues' or 'cues+lm'")
         cue_hidden = hidden[batch.cue_rows, batch.cue_cols]
@@ -160,6 +170,7 @@ class RankingLM(nn.Module):
             out["vocab_logits"] = cue_hidden.float() @ w.float().T
         if mode == "cues+lm":
             out["logits"] = head(hidden)
+        out.update(router)
         return out
 
 
@@ -174,18 +185,40 @@ def prompt_lm_labels(batch: Batch) -> torch.Tensor:
     return torch.where(keep, batch.input_ids, torch.full_like(batch.input_ids, IGNORE_INDEX))
 
 
+def router_aux_loss(module: RankingLM, out: dict[str, torch.Tensor], batch: Batch,
+                    weight: float) -> LossParts:
+    """Switch-Transformer load balancing over every layer's router (real tokens only),
+    counted once per micro-batch; ``num_experts * sum_e f_e P_e``, 1.0 x top-k when even."""
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    assert module.moe is not None
+    n, k = module.moe
+    aux = load_balancing_loss_func(out["router_logits"], n, k, batch.attention_mask)
+    return LossParts(aux * weight, 1)
+
+
+def uses_router_aux(module: RankingLM, router_aux_weight: float) -> bool:
+    """The router loss applies to MoE models with a positive weight only."""
+    return router_aux_weight > 0 and module.moe is not None
+
+
 def stage_loss(module: RankingLM, batch: Batch, stage: str, sft_weight: float = 0.5,
-               lm_weight: float = 0.0) -> dict[str, LossParts]:
+               lm_weight: float = 0.0, router_aux_weight: float = 0.0) -> dict[str, LossParts]:
     """Run ``module`` on ``batch`` and return the stage's loss terms (summed, counted).
 
     ``lm_weight`` > 0 (sft/align) adds the auxiliary next-token loss on the prompt text
-    (:func:`prompt_lm_labels`) as the ``lm`` term."""
+    (:func:`prompt_lm_labels`) as the ``lm`` term; ``router_aux_weight`` > 0 on an MoE
+    model adds the load-balancing term ``router_aux``."""
+    router = uses_router_aux(module, router_aux_weight)
     if stage == "cpt":
-        out = module(batch, "lm")
-        return {"lm": causal_lm_loss(out["logits"], batch.labels)}
+        out = module(batch, "lm", router_logits=router)
+        terms = {"lm": causal_lm_loss(out["logits"], batch.labels)}
+        if router:
+            terms["router_aux"] = router_aux_loss(module, out, batch, router_aux_weight)
+        return terms
     if stage not in ("sft", "align"):
         raise ValueError(f"stage={stage!r}: use 'cpt', 'sft' or 'align'")
-    out = module(batch, "cues+lm" if lm_weight > 0 else "cues")
+    out = module(batch, "cues+lm" if lm_weight > 0 else "cues", router_logits=router)
     targets = torch.where(batch.cue_labels.bool(), module.yes_id, module.no_id)
     sft = answer_sft_loss(out["vocab_logits"], targets)
     terms = {"sft": sft}
@@ -196,16 +229,20 @@ def stage_loss(module: RankingLM, batch: Batch, stage: str, sft_weight: float = 
     if lm_weight > 0:
         lm = causal_lm_loss(out["logits"], prompt_lm_labels(batch))
         terms["lm"] = LossParts(lm.total * lm_weight, lm.count)
+    if router:
+        terms["router_aux"] = router_aux_loss(module, out, batch, router_aux_weight)
     return terms
 
 
-def stage_counts(batch: Batch, stage: str, lm_weight: float = 0.0) -> dict[str, int]:
+def stage_counts(batch: Batch, stage: str, lm_weight: float = 0.0,
+                 router_aux: bool = False) -> dict[str, int]:
     """The terms each loss of ``stage_loss`` will count, known before the forward (for
     the global normaliser)."""
+    extra = {"router_aux": 1} if router_aux else {}
     if stage == "cpt":
-        return {"lm": int((batch.labels[:, 1:] != IGNORE_INDEX).sum())}
+        return {"lm": int((batch.labels[:, 1:] != IGNORE_INDEX).sum()), **extra}
     n = int(batch.cue_labels.numel())
-    counts = {"sft": n}
+    counts = {"sft": n, **extra}
     if stage == "align":
         counts["pairwise"] = count_pairs(batch.cue_labels, batch.cue_group)
     if lm_weight > 0:
