@@ -219,16 +219,64 @@ def test_every_labeled_event_is_a_question_or_a_counted_drop(toy):
     from components.promptify.examples import example_accounting, prepare_member_table
 
     cfg = toy["cfg"].model_copy(update={"max_prompts_per_member_task": 1, "max_eval_candidates": 3,
-                                        "negatives_per_positive": 0.5})
+                                        "negatives_per_positive": 0.5,
+                                        "negative_only_prompt_rate": 0.3})
     prepared, stats = prepare_member_table(toy["root"] / "split", toy["tasks"], cfg, toy["root"] / "prep2")
     toy2 = {**toy, "prepared": prepared}
     acc = example_accounting(_build(toy2, cfg=cfg), stats)
     assert acc["balanced"] == 1.0, acc
     # every kind of drop happened, so the balance is not trivially true (the toy world has
     # one item per event, so merging is checked on its own below)
-    for reason in ("over_candidate_cap", "negatives_subsampled", "prompts_over_member_task_cap"):
+    for reason in ("over_candidate_cap", "negatives_subsampled", "prompts_over_member_task_cap",
+                   "negative_only_prompts"):
         assert acc[f"dropped.{reason}"] > 0, reason
     assert acc["labeled_events"] == stats["prepare.labeled_events"] > acc["questions_logged"]
+
+
+def test_training_prompts_are_built_around_positives(toy):
+    """Chunks of logged events without a positive are mostly dropped (counted): with rate 0
+    every training prompt holds a positive, except a member's one fallback prompt."""
+    from components.promptify.examples import example_accounting, prepare_member_table
+
+    cfg = toy["cfg"].model_copy(update={"negative_only_prompt_rate": 0.0})
+    prepared, stats = prepare_member_table(toy["root"] / "split", toy["tasks"], cfg, toy["root"] / "prep3")
+    ex = _build({**toy, "prepared": prepared}, cfg=cfg)
+    train = ex.filter(pl.col("split") == "train")
+    no_pos = train.filter(pl.col("labels").list.sum() == 0)
+    # the only negative-only training prompts are fallbacks: the member's single prompt
+    per_member = ex.group_by("member_id").len()
+    assert no_pos.join(per_member, on="member_id")["len"].to_list() == [1] * no_pos.height
+    # (the toy's clicks are all on another surface, so here every train chunk is negative-only)
+    acc = example_accounting(ex, stats)
+    assert acc["balanced"] == 1.0 and acc["dropped.negative_only_prompts"] > 0, acc
+    # keeping them all (rate 1) gives more, mostly negative-only, training prompts
+    everything = _build({**toy, "prepared": prepared},
+                        cfg=cfg.model_copy(update={"negative_only_prompt_rate": 1.0}))
+    all_train = everything.filter(pl.col("split") == "train")
+    assert all_train.height > train.height
+    assert example_accounting(everything, stats)["dropped.negative_only_prompts"] == 0
+
+
+def test_question_sets_keep_chunks_with_a_positive_first(toy):
+    cfg = toy["cfg"].model_copy(update={"questions_per_prompt": 2, "negative_only_prompt_rate": 0.0,
+                                        "max_prompts_per_member_task": 2})
+    builder = PromptBuilder(str(toy["tok"]), toy["prepared"], toy["tasks"], cfg)
+    labels = [0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 1, 0]  # chunks: 00 01 00 10 00 10
+    row = {"cand_label": labels}
+    chunks, capped, dropped = builder._question_sets(np.random.default_rng(0), "train",
+                                                     list(range(12)), row)
+    assert all(any(labels[i] for i in c) for c in chunks) and len(chunks) == 2
+    assert capped == 2  # the third chunk with a positive, over the cap of 2
+    assert [c for c in dropped] == [[0, 1], [4, 5], [8, 9]]
+    # rate 1 keeps negative-only chunks, but the cap still prefers those with a positive
+    keep_all = builder.cfg.model_copy(update={"negative_only_prompt_rate": 1.0})
+    builder.cfg = keep_all
+    chunks, capped, dropped = builder._question_sets(np.random.default_rng(0), "train",
+                                                     list(range(12)), row)
+    assert dropped == [] and capped == 8 and all(any(labels[i] for i in c) for c in chunks)
+    # evaluation lists are never chunked or dropped
+    assert builder._question_sets(np.random.default_rng(0), "test", list(range(12)), row) == \
+        ([list(range(12))], 0, [])
 
 
 def test_events_on_the_same_item_merge_into_one_question(toy):

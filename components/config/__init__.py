@@ -154,6 +154,11 @@ class PromptifyConfig(StrictModel):
         3.0, gt=0, description="Sampled negatives are items shown in this many days before the "
         "question (widened when too few): alive, fresh, exposure-weighted.")
     max_prompts_per_member_task: int = Field(4, ge=1, description="Training prompts per (member, task).")
+    negative_only_prompt_rate: float = Field(
+        0.1, ge=0.0, le=1.0, description="Training: share of chunks without a positive that "
+        "are kept. Most (member, task) chunks of logged events hold no positive (5-10% "
+        "positives for most tasks); as prompts they teach only the base rate and starve the "
+        "ranking signal (measured: the teacher stayed at chance). 1.0 keeps them all.")
     max_eval_candidates: int = Field(50, ge=2)
     blocks: int = Field(8, ge=1, description="Member partitions for the Ray Data job.")
     seed: int = 0

@@ -96,7 +96,8 @@ def example_accounting(examples: pl.LazyFrame | pl.DataFrame, prepare_stats: dic
     """Where every labeled event went: a question, or a counted reason. Must balance.
 
     labeled events = held-out events in train (never trained) + events in prompts
-    + events of training prompts left out by ``max_prompts_per_member_task``;
+    + events of training prompts left out by ``max_prompts_per_member_task``
+    + events of negative-only training chunks dropped (``negative_only_prompt_rate``);
     events in prompts = logged questions + merged into the same item's question
     + over ``max_eval_candidates`` + negatives subsampled out.
     """
@@ -108,12 +109,14 @@ def example_accounting(examples: pl.LazyFrame | pl.DataFrame, prepare_stats: dic
         pl.col("n_over_candidate_cap").sum().alias("dropped.over_candidate_cap"),
         pl.col("n_negatives_subsampled").sum().alias("dropped.negatives_subsampled"),
         pl.col("n_events_in_capped_prompts").sum().alias("dropped.prompts_over_member_task_cap"),
+        pl.col("n_events_in_negative_only_prompts").sum().alias("dropped.negative_only_prompts"),
     ).collect().row(0, named=True)
     out = {k: float(v or 0) for k, v in agg.items()}
     out["dropped.held_out_train"] = prepare_stats["prepare.labeled_events_held_out_train"]
     in_prompts = (out["questions_logged"] + out["dropped.merged_same_item"]
                   + out["dropped.over_candidate_cap"] + out["dropped.negatives_subsampled"])
-    total = out["dropped.held_out_train"] + out["events_in_prompts"] + out["dropped.prompts_over_member_task_cap"]
+    total = (out["dropped.held_out_train"] + out["events_in_prompts"]
+             + out["dropped.prompts_over_member_task_cap"] + out["dropped.negative_only_prompts"])
     out["labeled_events"] = prepare_stats["prepare.labeled_events"]
     out["balanced"] = float(in_prompts == out["events_in_prompts"] and total == out["labeled_events"])
     return out
@@ -214,6 +217,7 @@ OUTPUT_SCHEMA = pa.schema([
     ("n_over_candidate_cap", pa.int32()),
     ("n_negatives_subsampled", pa.int32()),
     ("n_events_in_capped_prompts", pa.int32()),
+    ("n_events_in_negative_only_prompts", pa.int32()),
 ])
 
 
@@ -258,74 +262,111 @@ class PromptBuilder:
         for i, (task_id, split) in enumerate(zip(row["cand_task"], row["cand_split"], strict=True)):
             groups.setdefault((task_id, split), []).append(i)
 
+        ctx = (rng, hist_time, hist_action, token_cache, history_cache, seen_items)
+        fallback: tuple[TaskSpec, str, list[int]] | None = None
+        neg_only_dropped = 0
         for (task_id, split), idx in sorted(groups.items()):
             task = self.tasks[task_id]
             if split == "train" and task.held_out:
                 continue  # zero-shot tasks never train
-            chunks, n_chunk_capped = self._question_sets(rng, split, idx)
+            chunks, n_chunk_capped, dropped = self._question_sets(rng, split, idx, row)
+            neg_only_dropped += sum(len(c) for c in dropped)
+            if fallback is None and dropped:
+                fallback = (task, split, dropped[0])
             for qi, chunk in enumerate(chunks):
-                cutoff = row["cand_time"][chunk[0]]
-                items, labels, n_merged, n_capped = self._dedupe(chunk, row)
-                n_neg_dropped = 0
-                if split == "train":
-                    items, labels, n_neg_dropped = self._balance(rng, items, labels)
-                cutoff_us = int(cutoff.timestamp() * 1e6)
-                n_sampled = 0
-                if task.negatives != "logged" and cfg.sampled_negatives:
-                    neg = self.negatives.sample(
-                        rng, task.item_type, task.surface if cfg.hard_negatives else None,
-                        cutoff_us, seen_items | set(items), cfg.sampled_negatives)
-                    items, labels = items + neg, labels + [0] * len(neg)
-                    n_sampled = len(neg)
-                style = str(rng.choice(cfg.styles)) if split == "train" else cfg.eval_style
-                n_prior = int(np.searchsorted(hist_time, cutoff_us, side="left"))
-                if (style, n_prior) not in history_cache:
-                    history_cache[(style, n_prior)] = self._history(
-                        row, style, n_prior, hist_action, token_cache)
-                history, kept, used = history_cache[(style, n_prior)]
-                pieces = PromptPieces(task.instruction, row[f"profile_{style}"] or "", (), (), task.question)
-                prefix = render_prefix(pieces, history, style)
-                out.append({
-                    "example_id": f"{mid}:{task_id}:{split}:{qi}",
-                    "member_id": mid,
-                    "task_id": task_id,
-                    "split": split,
-                    "held_out": task.held_out,
-                    "cutoff": cutoff,
-                    "style": style,
-                    "prefix": prefix,
-                    "candidates": [
-                        render_candidate(self.item_text[style].get(it, it), self.item_type.get(it, task.item_type), style)
-                        for it in items
-                    ],
-                    "candidate_item_ids": items,
-                    "labels": labels,
-                    "n_prior_events": n_prior,
-                    "n_history_kept": kept,
-                    "history_tokens": used,
-                    "n_sampled_negatives": n_sampled,
-                    # accounting: n_task_events = logged questions + merged + capped + dropped
-                    "n_task_events": len(chunk),
-                    "n_merged_same_item": n_merged,
-                    "n_over_candidate_cap": n_capped,
-                    "n_negatives_subsampled": n_neg_dropped,
-                    "n_events_in_capped_prompts": n_chunk_capped if qi == 0 else 0,
-                })
+                out.append(self._example(row, task, split, chunk, qi, ctx,
+                                         n_chunk_capped if qi == 0 else 0))
+        if not out and fallback is not None:
+            # a member whose every labeled event is in a dropped negative-only chunk still
+            # gets one prompt, so the count of dropped events has a row to live on
+            task, split, chunk = fallback
+            neg_only_dropped -= len(chunk)
+            out.append(self._example(row, task, split, chunk, 0, ctx, 0))
+        if out:
+            out[0]["n_events_in_negative_only_prompts"] = neg_only_dropped
         return out
 
-    def _question_sets(self, rng, split: str, idx: list[int]) -> tuple[list[list[int]], int]:
-        """Train: chunks of consecutive questions, at most ``max_prompts_per_member_task``
-        (returns the events of the chunks left out too); eval: one list."""
+    def _example(self, row: dict, task: TaskSpec, split: str, chunk: list[int], qi: int,
+                 ctx: tuple, n_chunk_capped: int) -> dict:
+        """One prompt: the questions of ``chunk`` (indices into the member's events)."""
+        rng, hist_time, hist_action, token_cache, history_cache, seen_items = ctx
+        cfg = self.cfg
+        mid = row["member_id"]
+        task_id = task.id
+        cutoff = row["cand_time"][chunk[0]]
+        items, labels, n_merged, n_capped = self._dedupe(chunk, row)
+        n_neg_dropped = 0
+        if split == "train":
+            items, labels, n_neg_dropped = self._balance(rng, items, labels)
+        cutoff_us = int(cutoff.timestamp() * 1e6)
+        n_sampled = 0
+        if task.negatives != "logged" and cfg.sampled_negatives:
+            neg = self.negatives.sample(
+                rng, task.item_type, task.surface if cfg.hard_negatives else None,
+                cutoff_us, seen_items | set(items), cfg.sampled_negatives)
+            items, labels = items + neg, labels + [0] * len(neg)
+            n_sampled = len(neg)
+        style = str(rng.choice(cfg.styles)) if split == "train" else cfg.eval_style
+        n_prior = int(np.searchsorted(hist_time, cutoff_us, side="left"))
+        if (style, n_prior) not in history_cache:
+            history_cache[(style, n_prior)] = self._history(
+                row, style, n_prior, hist_action, token_cache)
+        history, kept, used = history_cache[(style, n_prior)]
+        pieces = PromptPieces(task.instruction, row[f"profile_{style}"] or "", (), (), task.question)
+        prefix = render_prefix(pieces, history, style)
+        return {
+            "example_id": f"{mid}:{task_id}:{split}:{qi}",
+            "member_id": mid,
+            "task_id": task_id,
+            "split": split,
+            "held_out": task.held_out,
+            "cutoff": cutoff,
+            "style": style,
+            "prefix": prefix,
+            "candidates": [
+                render_candidate(self.item_text[style].get(it, it), self.item_type.get(it, task.item_type), style)
+                for it in items
+            ],
+            "candidate_item_ids": items,
+            "labels": labels,
+            "n_prior_events": n_prior,
+            "n_history_kept": kept,
+            "history_tokens": used,
+            "n_sampled_negatives": n_sampled,
+            # accounting: n_task_events = logged questions + merged + capped + dropped
+            "n_task_events": len(chunk),
+            "n_merged_same_item": n_merged,
+            "n_over_candidate_cap": n_capped,
+            "n_negatives_subsampled": n_neg_dropped,
+            "n_events_in_capped_prompts": n_chunk_capped,
+            "n_events_in_negative_only_prompts": 0,
+        }
+
+    def _question_sets(self, rng, split: str, idx: list[int], row: dict
+                       ) -> tuple[list[list[int]], int, list[list[int]]]:
+        """Train: chunks of consecutive questions. A chunk without a positive is kept with
+        probability ``negative_only_prompt_rate`` (the others are returned as dropped: a
+        ranking prompt needs a positive to rank); then at most ``max_prompts_per_member_task``
+        chunks, those with a positive first (returns the events of the chunks left out by
+        that cap too). Eval: one list."""
         if split != "train":
-            return [idx], 0
+            return [idx], 0, []
         size = self.cfg.questions_per_prompt
         chunks = [idx[i:i + size] for i in range(0, len(idx), size)]
-        dropped = 0
-        if len(chunks) > self.cfg.max_prompts_per_member_task:
-            pick = set(rng.choice(len(chunks), self.cfg.max_prompts_per_member_task, replace=False).tolist())
-            dropped = sum(len(c) for i, c in enumerate(chunks) if i not in pick)
-            chunks = [c for i, c in enumerate(chunks) if i in pick]
-        return chunks, dropped
+        has_pos = [any(row["cand_label"][i] for i in c) for c in chunks]
+        keep_neg = rng.random(len(chunks)) < self.cfg.negative_only_prompt_rate
+        dropped = [c for c, p, k in zip(chunks, has_pos, keep_neg, strict=True) if not (p or k)]
+        kept = [(c, p) for c, p, k in zip(chunks, has_pos, keep_neg, strict=True) if p or k]
+        capped = 0
+        cap = self.cfg.max_prompts_per_member_task
+        if len(kept) > cap:
+            pos = [i for i, (_, p) in enumerate(kept) if p]
+            neg = [i for i, (_, p) in enumerate(kept) if not p]
+            order = [pos[i] for i in rng.permutation(len(pos))] + [neg[i] for i in rng.permutation(len(neg))]
+            pick = set(order[:cap])
+            capped = sum(len(c) for i, (c, _) in enumerate(kept) if i not in pick)
+            kept = [x for i, x in enumerate(kept) if i in pick]
+        return [c for c, _ in kept], capped, dropped
 
     def _dedupe(self, chunk: list[int], row: dict) -> tuple[list[str], list[int], int, int]:
         """One question per item (positive if any of its events is), at most
