@@ -99,9 +99,14 @@ def _plot_history(history: list[dict[str, float]], stage: str, path: Path) -> Pa
     return path
 
 
-def validation_report(ctx: StageContext, model_dir: Path, limit: int) -> dict[str, float]:
+def validation_report(ctx: StageContext, model_dir: Path, limit: int,
+                      calibrate: bool = False) -> dict[str, float]:
     """Per-task AUC, log loss and ECE of ``model_dir`` on the first ``limit`` validation
-    prompts (multi-item scoring, as served); logged so stages can be compared."""
+    prompts (multi-item scoring, as served); logged so stages can be compared.
+
+    ``calibrate``: fit a Platt calibration on this sample's margins and save it with the
+    model (``calibration.json``), logging raw and calibrated log loss / mean P(yes). The
+    AUCs are the same either way (a monotone map). The test split never sees the fit."""
     import numpy as np
     import polars as pl
 
@@ -114,10 +119,23 @@ def validation_report(ctx: StageContext, model_dir: Path, limit: int) -> dict[st
     rows = rows.join(pl.read_parquet(examples, columns=["example_id", "task_id"]),
                      on="example_id", how="left")
     rows = rows.sample(n=min(limit, rows.height), seed=0) if rows.height else rows
-    engine = ScoringEngine.from_pretrained(model_dir)
-    probs = engine.score_batch([(p, list(c)) for p, c in zip(rows["prefix"], rows["candidates"],
-                                                              strict=True)])
+    engine = ScoringEngine.from_pretrained(model_dir, calibrated=False)
+    margins = engine.score_batch([(p, list(c)) for p, c in zip(rows["prefix"], rows["candidates"],
+                                                                strict=True)], margins=True)
+    probs = [1.0 / (1.0 + np.exp(-m.astype(np.float64))) for m in margins]
     metrics: dict[str, float] = {}
+    if calibrate and rows.height:
+        from components.model.calibration import fit_platt
+
+        labels = np.concatenate([np.asarray(y, dtype=np.float64) for y in rows["labels"]])
+        cal = fit_platt(np.concatenate(margins), labels, fitted_on=f"valid ({rows.height} prompts)")
+        cal.save(model_dir)
+        metrics.update({"calibration.slope": cal.slope, "calibration.intercept": cal.intercept})
+        raw = np.clip(np.concatenate(probs), 1e-7, 1 - 1e-7)
+        metrics["valid_log_loss_uncalibrated"] = float(
+            -np.mean(labels * np.log(raw) + (1 - labels) * np.log(1 - raw)))
+        metrics["valid_mean_p_yes_uncalibrated"] = float(raw.mean())
+        probs = [cal.apply(m) for m in margins]
     per_task: dict[str, tuple[list[float], list[int]]] = {}
     for task, p, y in zip(rows["task_id"], probs, rows["labels"], strict=True):
         s, lab = per_task.setdefault(task, ([], []))
@@ -162,7 +180,8 @@ def align(ctx: StageContext) -> dict[str, float]:
     metrics = _run(ctx, "align", {"examples_dir": ctx.inputs["promptify"] / "examples"},
                    str(ctx.inputs["sft"] / MODEL_DIR))
     metrics.update(validation_report(ctx, ctx.out_dir / MODEL_DIR,
-                                     ctx.cfg.train.data.max_valid_prompts or 200))
+                                     ctx.cfg.train.data.max_valid_prompts or 200,
+                                     calibrate=ctx.cfg.train.calibrate))
     sft_report = ctx.inputs["sft"] / "valid_report.json"
     if sft_report.exists():  # what alignment changed, as deltas next to the values
         before = json.loads(sft_report.read_text())
@@ -201,6 +220,7 @@ TEACHER_STAGES = (
           config_keys=(*TRAIN_KEYS, "train.sft"), num_cpus=0,
           description="Ray Train FSDP2: answer-token SFT on promptified examples"),
     Stage("align", align, deps=("promptify", "tokenizer", "sft"),
-          config_keys=(*TRAIN_KEYS, "train.align", "train.registered_model_name"), num_cpus=0,
+          config_keys=(*TRAIN_KEYS, "train.align", "train.registered_model_name",
+                       "train.calibrate"), num_cpus=0,
           description="Ray Train FSDP2: pairwise ranking alignment -> registered teacher"),
 )

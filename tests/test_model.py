@@ -240,6 +240,37 @@ def test_save_load_round_trip(tmp_path, tokenizer):
     assert via_config.config.model_type == "mixtral"
 
 
+def test_platt_fit_recovers_the_map_and_the_engine_applies_it(tmp_path, tokenizer):
+    from components.model.calibration import CALIBRATION_FILE, Calibration, fit_platt
+
+    rng = np.random.default_rng(0)
+    m = rng.normal(0, 2, 20_000)
+    y = (rng.random(m.size) < 1 / (1 + np.exp(-(0.5 * m - 1.5)))).astype(float)
+    cal = fit_platt(m, y, fitted_on="synthetic")
+    assert cal.slope == pytest.approx(0.5, abs=0.03) and cal.intercept == pytest.approx(-1.5, abs=0.06)
+    assert fit_platt(np.zeros(10), np.r_[np.ones(5), np.zeros(5)]).intercept == pytest.approx(0, abs=1e-6)
+    with pytest.raises(ValueError, match="0/1"):
+        fit_platt(m[:3], np.array([0, 2, 1]))
+
+    model = small_model("dense", seed=5, vocab=len(tokenizer))
+    out = save_model(model, tokenizer, tmp_path / "m")
+    cands = candidate_texts(7)
+    raw = ScoringEngine.from_pretrained(out, device="cpu")
+    margins = raw.score(PREFIX_TEXT, cands, margins=True)
+    Calibration(0.5, -1.5).save(out)
+    eng = ScoringEngine.from_pretrained(out, device="cpu")
+    want = 1 / (1 + np.exp(-(0.5 * margins.astype(np.float64) - 1.5)))
+    np.testing.assert_allclose(eng.score(PREFIX_TEXT, cands), want, atol=1e-6)
+    np.testing.assert_allclose(eng.score_per_item(PREFIX_TEXT, cands), want, atol=1e-5)
+    np.testing.assert_array_equal(eng.score(PREFIX_TEXT, cands, margins=True), margins)  # raw
+    assert np.argsort(eng.score(PREFIX_TEXT, cands)).tolist() == np.argsort(margins).tolist()
+    uncal = ScoringEngine.from_pretrained(out, device="cpu", calibrated=False)
+    np.testing.assert_allclose(uncal.score(PREFIX_TEXT, cands), raw.score(PREFIX_TEXT, cands))
+    (out / CALIBRATION_FILE).write_text('{"slope": 1.0, "offset": 0.2}')
+    with pytest.raises(ValueError, match="calibration.json.*offset"):
+        ScoringEngine.from_pretrained(out, device="cpu")
+
+
 def test_pickle_weights_refused(tmp_path, tokenizer):
     model = small_model("dense", vocab=len(tokenizer))
     out = save_model(model, tokenizer, tmp_path / "m")

@@ -185,6 +185,9 @@ class TrainingConfig(StrictModel):
     cpt: TrainConfig = TrainConfig(stage="cpt")
     sft: TrainConfig = TrainConfig(stage="sft")
     align: TrainConfig = TrainConfig(stage="align")
+    calibrate: bool = Field(True, description="align: fit a Platt calibration of P(yes) on "
+                            "the validation prompts and save it with the teacher (training "
+                            "prompts over-sample positives, so raw P(yes) runs high).")
     registered_model_name: str | None = Field(
         "rankbrew-teacher", description="MLflow registry name of the aligned teacher (null: "
         "log the model without registering it).")

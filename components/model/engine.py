@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from components.model.calibration import Calibration
 from components.model.multi_item import score_per_item_reference, score_requests
 from components.model.scoring import (
     KNOWN_MODEL_TYPES,
@@ -78,7 +79,8 @@ class ScoringEngine:
     def __init__(self, model, tokenizer, device: str | torch.device | None = None,
                  max_tokens_per_pass: int | None = None, attention: str = "auto",
                  reuse_prefix_cache: bool = True, candidate_tokens_per_pass: int | None = None,
-                 yes: str = ANSWER_YES, no: str = ANSWER_NO) -> None:
+                 yes: str = ANSWER_YES, no: str = ANSWER_NO,
+                 calibration: Calibration | None = None) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -104,18 +106,22 @@ class ScoringEngine:
         if candidate_tokens_per_pass is None:
             candidate_tokens_per_pass = DEFAULT_CANDIDATE_TOKENS.get(self.device.type)
         self.candidate_tokens_per_pass = candidate_tokens_per_pass or None
+        self.calibration = calibration  # applied to P(yes), never to margins
         self.head = label_head(self.model, self.yes_id, self.no_id)
         if self.model.config.model_type not in KNOWN_MODEL_TYPES:
             verify_label_head(self.model, self.head)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | torch.device | None = None,
-                        dtype: str | None = None, **kwargs) -> ScoringEngine:
-        """An engine over a directory written by ``save_model`` (safetensors only)."""
+                        dtype: str | None = None, calibrated: bool = True,
+                        **kwargs) -> ScoringEngine:
+        """An engine over a directory written by ``save_model`` (safetensors only); applies
+        the directory's ``calibration.json`` when there is one and ``calibrated``."""
         from components.model.factory import load_model
 
         model, tokenizer = load_model(Path(model_dir), dtype=dtype)
-        return cls(model, tokenizer, device=device, **kwargs)
+        cal = Calibration.load(Path(model_dir)) if calibrated else None
+        return cls(model, tokenizer, device=device, calibration=cal, **kwargs)
 
     def tokenize(self, prefix: str, candidates: Sequence[str]) -> tuple[list[int], list[list[int]]]:
         """Token ids exactly as ``score`` uses them (see the module docstring)."""
@@ -142,15 +148,25 @@ class ScoringEngine:
         out = score_requests(self.model, requests, self.head, self.pad_id,
                              self.max_tokens_per_pass, self.reuse_prefix_cache,
                              self.candidate_tokens_per_pass)
-        return [(m if margins else torch.sigmoid(m)).numpy().astype(np.float32) for m in out]
+        if margins:
+            return [m.numpy().astype(np.float32) for m in out]
+        return [self._prob(m) for m in out]
+
+    def _prob(self, margins: torch.Tensor) -> np.ndarray:
+        if self.calibration is not None:
+            return self.calibration.apply(margins.numpy())
+        return torch.sigmoid(margins).numpy().astype(np.float32)
 
     def score_per_item(self, prefix: str, candidates: Sequence[str]) -> np.ndarray:
         """Reference scores: each candidate alone after the prefix, the model's full forward.
 
         For tests and benchmarks; the same token ids as ``score``."""
         prefix_ids, cand_ids = self.tokenize(prefix, candidates)
-        return score_per_item_reference(self.model, prefix_ids, cand_ids, self.yes_id,
-                                        self.no_id).numpy().astype(np.float32)
+        probs = score_per_item_reference(self.model, prefix_ids, cand_ids, self.yes_id,
+                                         self.no_id).double()
+        if self.calibration is None:
+            return probs.numpy().astype(np.float32)
+        return self._prob(torch.log(probs) - torch.log1p(-probs))
 
 
 __all__ = ["DEFAULT_CANDIDATE_TOKENS", "DEFAULT_MAX_TOKENS", "ScoringEngine", "ScoringError", "tokenize_request"]
