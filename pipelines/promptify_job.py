@@ -2,7 +2,8 @@
 
 Thin on purpose: the logic is :class:`components.promptify.examples.PromptBuilder`,
 which runs the same with or without Ray. Ray Data adds the scale-out: member rows are
-read in blocks, prompts are built per block and stream to Parquet without gathering on
+read in blocks, and each task builds its batch's prompts and writes them to Parquet
+itself (see :func:`build_and_write_block`); only one accounting row per batch reaches
 the driver.
 
 Why a function and not an actor pool: on a 2-core machine an actor pool holds the CPUs
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from components.config import PromptifyConfig, config_hash
 from components.promptify.examples import PreparedData, PromptBuilder
@@ -37,6 +39,28 @@ def build_block(batch: pa.Table, tokenizer_dir: str, prepared: PreparedData,
     return builder(batch)
 
 
+def build_and_write_block(batch: pa.Table, dest: str, tokenizer_dir: str, prepared: PreparedData,
+                          tasks: list[TaskSpec], cfg: PromptifyConfig) -> pa.Table:
+    """Ray Data UDF: build a batch's examples and write them to ``dest`` from the task
+    itself; returns one row of accounting (file, rows).
+
+    Why not ``Dataset.write_parquet``: the examples are big (~2.8 KB each, the candidate
+    texts repeated in every prompt), and handing them to a separate write operator moved
+    every block through the object store and serialised the job: 1 -> 2 CPUs gave
+    1.07x (59.3 s -> 55.5 s, 10k members). Writing where they are built gave 1.52x
+    (54.5 s -> 35.8 s) on the same data; plain processes without Ray give 2.04x, the
+    rest is Ray start-up and the per-worker builder load. The file name is a function of
+    the batch (its first and last member), so a retried task overwrites its own file.
+    """
+    out = build_block(batch, tokenizer_dir, prepared, tasks, cfg)
+    ids = batch.column("member_id")
+    name = ""
+    if out.num_rows:
+        name = f"part-{ids[0].as_py()}-{ids[len(ids) - 1].as_py()}.parquet"
+        pq.write_table(out, Path(dest) / name)
+    return pa.table({"file": [name], "rows": [out.num_rows]})
+
+
 def run_promptify_job(
     prepared: PreparedData,
     tokenizer_dir: Path,
@@ -54,9 +78,11 @@ def run_promptify_job(
     files = sorted(Path(prepared.members_dir).glob("*.parquet"))
     # one block per member partition, so that every worker gets work
     ds = ray.data.read_parquet([str(f) for f in files]).repartition(len(files))
-    examples = ds.map_batches(
-        build_block,
-        fn_kwargs={"tokenizer_dir": str(tokenizer_dir), "prepared": prepared,
+    dest = Path(out_dir) / "examples"
+    dest.mkdir(parents=True, exist_ok=True)
+    written = ds.map_batches(
+        build_and_write_block,
+        fn_kwargs={"dest": str(dest), "tokenizer_dir": str(tokenizer_dir), "prepared": prepared,
                    "tasks": list(tasks), "cfg": cfg},
         batch_format="pyarrow",
         batch_size=batch_size,
@@ -66,7 +92,10 @@ def run_promptify_job(
         # thread per core inside every task, so tasks fight over cores instead of scaling.
         runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "POLARS_MAX_THREADS": "1",
                                   "RAYON_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}},
-    )
-    dest = Path(out_dir) / "examples"
-    examples.write_parquet(str(dest))
+    ).take_all()
+    files = {r["file"] for r in written if r["file"]}
+    on_disk = {f.name for f in dest.glob("*.parquet")}
+    if files != on_disk:
+        raise RuntimeError(f"promptify: the tasks reported {len(files)} files but {dest} holds "
+                           f"{len(on_disk)}: rerun the stage (a partial earlier write?)")
     return dest
