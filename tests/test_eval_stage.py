@@ -42,6 +42,9 @@ def _tiny_teacher_stage():
         model = build_model(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
                                         intermediate_size=64), len(tok), tok.pad_token_id)
         save_model(model, tok, ctx.out_dir / "model")
+        from components.model.calibration import Calibration
+
+        Calibration(0.5, -1.0).save(ctx.out_dir / "model")  # as align saves a Platt fit
         return {"steps": 0}
 
     return Stage("align", align, deps=("tokenizer",))
@@ -178,6 +181,13 @@ def test_summary_numbers_equal_metrics_recomputed_from_scores(evaluated):
     stored = t.filter(pl.col("example_id") == eid).sort("position")
     np.testing.assert_allclose(stored["score"].to_numpy(), margins, rtol=1e-5, atol=1e-6)
     assert stored["label"].to_list() == list(row["labels"])
+
+
+def test_teacher_probabilities_go_through_the_models_calibration(evaluated):
+    scores = pl.read_parquet(evaluated["dir"] / "scores.parquet").filter(pl.col("model") == "teacher")
+    margin = scores["score"].to_numpy()
+    np.testing.assert_allclose(scores["prob"].to_numpy(), 1 / (1 + np.exp(-(0.5 * margin - 1.0))),
+                               atol=1e-6)
 
 
 def test_slices_count_correctly(evaluated):
