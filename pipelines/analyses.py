@@ -35,6 +35,7 @@ import polars as pl
 from components import tracking
 from components.config import ANALYSIS_NAMES, ConfigError, PipelineConfig
 from components.evaluate.metrics import roc_auc
+from components.evaluate.report import pyplot, save_figure
 from pipelines.compare import search_all_runs
 from pipelines.dag import MANIFEST
 
@@ -182,7 +183,7 @@ class RunInputs:
 class PrefixRenderer:
     """Evaluation prefixes re-rendered by promptify's own code path.
 
-    The history comes from ``PromptBuilder._history`` (the member's verbalized events
+    The history comes from ``PromptBuilder.history_section`` (the member's verbalized events
     before the question's cutoff, cut to the token budget by ``fit_to_budget``) and the
     prefix from ``render_prefix``, exactly as :class:`PromptBuilder` assembles it; only the
     history token budget, or the task whose instruction and question are asked, changes.
@@ -224,7 +225,7 @@ class PrefixRenderer:
                                     f"the prepare stage's member rows: the promptify and prepare "
                                     f"artifacts are from different runs")
             style = r["style"]
-            history, kept, used = self.builder._history(
+            history, kept, used = self.builder.history_section(
                 member, style, int(r["n_prior_events"]), member["hist_action"] or [],
                 self._line_tokens.setdefault(r["member_id"], {}))
             task = self.tasks[task_id]
@@ -273,19 +274,6 @@ def per_task_auc(task_ids: Sequence[str], scores: Sequence[np.ndarray], labels: 
 def nanmean(values: Sequence[float] | Any) -> float:
     vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     return float(np.mean(vals)) if vals else math.nan
-
-
-def _plt():
-    # the evaluation report's helpers: Agg backend, tight layout, directory created
-    from components.evaluate.report import _plt as report_plt
-
-    return report_plt()
-
-
-def _save(fig, path: Path) -> Path:
-    from components.evaluate.report import _save as report_save
-
-    return report_save(_plt(), fig, path)
 
 
 def _key(x: float) -> str:
@@ -414,7 +402,7 @@ def context_budget(ctx: AnalysisContext) -> AnalysisResult:
 
 
 def _plot_context_budget(df: pl.DataFrame, run_budget: int, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     x = df["budget"].to_numpy()
     for col, label in (("auc_mean_trained", "trained tasks"), ("auc_mean_held_out", "held-out tasks"),
@@ -429,7 +417,7 @@ def _plot_context_budget(df: pl.DataFrame, run_budget: int, path: Path) -> Path:
     ax.set_ylabel("mean per-task AUC")
     ax.set_title("Teacher AUC vs history token budget", fontsize=10)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(plt, fig, path)
 
 
 def _write_csv(df: pl.DataFrame, path: Path) -> Path:
@@ -600,7 +588,7 @@ def _sweep_result(ctx: AnalysisContext, name: str, points: list[dict[str, Any]],
 
 
 def _plot_sweep(df: pl.DataFrame, name: str, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     if name == "data_amount":
         x, xlabel = df["train_prompts"].to_numpy(), "training prompts (log scale; numbers: epochs)"
@@ -618,7 +606,7 @@ def _plot_sweep(df: pl.DataFrame, name: str, path: Path) -> Path:
     ax.set_ylabel("mean per-task AUC (valid sample)")
     ax.set_title(f"{'AUC vs training data' if name == 'data_amount' else 'AUC vs model size'} "
                  f"(equal steps)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(plt, fig, path)
 
 
 def data_amount(ctx: AnalysisContext) -> AnalysisResult:
@@ -673,12 +661,6 @@ def steering_base_task(task: Any, tasks: Mapping[str, Any], explicit: Mapping[st
         t.surface == task.surface, t.negatives == task.negatives))
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
-
-    return rankdata(x)
-
-
 def shift_correlation(delta: np.ndarray, criterion: np.ndarray, groups: np.ndarray) -> float:
     """Spearman correlation between the score change ``delta`` and the named criteria's
     utility ``criterion``, both centred within each candidate list (``groups``), so it
@@ -702,7 +684,9 @@ def shift_correlation(delta: np.ndarray, criterion: np.ndarray, groups: np.ndarr
     a, b = centred(delta), centred(criterion)
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return math.nan
-    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
 
 
 def shift_correlation_null(delta: np.ndarray, criterion: np.ndarray, groups: np.ndarray,
@@ -817,7 +801,7 @@ def steering(ctx: AnalysisContext) -> AnalysisResult:
 
 
 def _plot_steering(df: pl.DataFrame, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     n = df.height
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.5, max(2.6, 0.5 * n + 1.4)), sharey=True)
     y = np.arange(n)
@@ -837,7 +821,7 @@ def _plot_steering(df: pl.DataFrame, path: Path) -> Path:
     a2.set_xlim(-1, 1)
     a2.set_xlabel("Spearman(score change, named criteria's utility)\ngrey: 95% of chance")
     fig.suptitle("Instruction steering: does the ranking move the way the instruction says?", fontsize=10)
-    return _save(fig, path)
+    return save_figure(plt, fig, path)
 
 
 # ============================================================================ MLflow and the driver

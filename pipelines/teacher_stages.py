@@ -76,12 +76,9 @@ def _run(ctx: StageContext, stage: str, data_update: dict[str, Any],
 
 
 def _plot_history(history: list[dict[str, float]], stage: str, path: Path) -> Path:
-    import matplotlib
+    from components.evaluate.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
     steps = [h["step"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, [h["loss"] for h in history], lw=0.6, alpha=0.5, label="loss")
@@ -93,10 +90,7 @@ def _plot_history(history: list[dict[str, float]], stage: str, path: Path) -> Pa
     ax.set_ylabel("loss")
     ax.set_title(f"{stage} training loss")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def validation_report(ctx: StageContext, model_dir: Path, limit: int,

@@ -364,7 +364,8 @@ def render_side_by_side(table: pl.DataFrame, cold: pl.DataFrame, title: str,
 
 
 # ============================================================================ plots
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot`` on the headless Agg backend (stages run without a display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -376,7 +377,7 @@ def _plt():
 def plot_task_auc(table: pl.DataFrame, path: Path, teacher: str = TEACHER) -> Path:
     """Horizontal grouped bars: AUC per task, one bar per model; held-out tasks marked
     ``(held out)`` and separated by a line; the chance line at 0.5."""
-    plt = _plt()
+    plt = pyplot()
     tasks = table.filter(~pl.col("is_mean")).sort("held_out", "task", descending=[True, True])
     models = [c for c in table.columns if c not in {"task", "held_out", "is_mean", "tasks", "prompts",
                                                     "candidates", "positives", "best_baseline",
@@ -399,13 +400,13 @@ def plot_task_auc(table: pl.DataFrame, path: Path, teacher: str = TEACHER) -> Pa
     ax.set_xlabel("AUC (task's candidates pooled)")
     ax.set_title("AUC per task: teacher vs ID-based baselines")
     ax.legend(fontsize=7, loc="lower right")
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 def plot_cold_start_gain(cold: pl.DataFrame, path: Path, teacher: str = TEACHER) -> Path:
     """360Brew's cold-start figure: the teacher's AUC minus each baseline's, per member
     activity bucket (mean over tasks), with the candidates per bucket under the labels."""
-    plt = _plt()
+    plt = pyplot()
     rows = cold.filter(pl.col("slice").is_in(ACTIVITY_SLICES))
     baselines = [c for c in cold.columns if c not in {"slice", "bucket", "tasks", "candidates", teacher,
                                                       "best_baseline", "gain_vs_best_baseline"}]
@@ -424,10 +425,10 @@ def plot_cold_start_gain(cold: pl.DataFrame, path: Path, teacher: str = TEACHER)
     ax.set_title("Cold start: teacher's AUC gain by member activity (trained tasks)", fontsize=10)
     if baselines:
         ax.legend(fontsize=8)
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
-def _save(plt, fig, path: Path) -> Path:
+def save_figure(plt, fig, path: Path) -> Path:
     """Write a figure (creating its directory) and free it."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -439,7 +440,7 @@ def _save(plt, fig, path: Path) -> Path:
 def plot_calibration(curve: Mapping[str, np.ndarray], path: Path, title: str = "teacher") -> Path:
     """Reliability diagram (equal-mass bins of :func:`components.evaluate.metrics.calibration_curve`)
     with the diagonal of perfect calibration."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     hi = max(0.05, float(np.max(curve["mean_prob"], initial=0.0)), float(np.max(curve["frac_pos"], initial=0.0)))
     hi = min(1.0, hi * 1.1)
@@ -451,7 +452,7 @@ def plot_calibration(curve: Mapping[str, np.ndarray], path: Path, title: str = "
     ax.set_ylabel("observed positive rate in bin")
     ax.set_title(f"Calibration of the {title} (equal-mass bins)")
     ax.legend(fontsize=8)
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 # ============================================================================ files

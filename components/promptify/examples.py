@@ -309,7 +309,7 @@ class PromptBuilder:
         style = str(rng.choice(cfg.styles)) if split == "train" else cfg.eval_style
         n_prior = int(np.searchsorted(hist_time, cutoff_us, side="left"))
         if (style, n_prior) not in history_cache:
-            history_cache[(style, n_prior)] = self._history(
+            history_cache[(style, n_prior)] = self.history_section(
                 row, style, n_prior, hist_action, token_cache)
         history, kept, used = history_cache[(style, n_prior)]
         pieces = PromptPieces(task.instruction, row[f"profile_{style}"] or "", (), (), task.question)
@@ -395,7 +395,7 @@ class PromptBuilder:
         keep = sorted(pos + neg)
         return [items[i] for i in keep], [labels[i] for i in keep], dropped
 
-    def _history(self, row: dict, style: str, n_prior: int, hist_action: list[str],
+    def history_section(self, row: dict, style: str, n_prior: int, hist_action: list[str],
                  token_cache: dict[str, np.ndarray]) -> tuple[str, int, int]:
         """The history section of the ``n_prior`` earliest events, cut to the token budget:
         (text, lines kept, tokens)."""
