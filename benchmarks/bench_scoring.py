@@ -23,6 +23,7 @@ on the GPU machine as is.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import sys
@@ -99,7 +100,10 @@ def run(args: argparse.Namespace) -> None:
         model = build_model(cfg, vocab)
     tok = _IdsTokenizer(vocab)
     engine = ScoringEngine(model, tok, device=device, max_tokens_per_pass=args.max_tokens_per_pass,
-                           candidate_tokens_per_pass=args.candidate_tokens_per_pass)
+                           candidate_tokens_per_pass=args.candidate_tokens_per_pass,
+                           attention=args.attention, compile=args.compile,
+                           kernel_options=json.loads(args.kernel_options) if args.kernel_options
+                           else None)
     yes, no = tok.ids[ANSWER_YES], tok.ids[ANSWER_NO]
 
     rows = []
@@ -120,6 +124,8 @@ def run(args: argparse.Namespace) -> None:
         print(f"N={n}: per-item {t_per:.3f}s{' (extrapolated)' if k < n else ''}, "
               f"multi {t_multi:.3f}s", file=sys.stderr)
 
+    if args.profile:
+        profile(engine, *request(args.n[-1], args.prefix, args.item, vocab), args.profile)
     cmd = "python -m benchmarks.bench_scoring " + " ".join(sys.argv[1:])
     print(f"\nMachine: {machine()}; {date.today().isoformat()}.")
     print(f"Command: `{cmd.strip()}`.")
@@ -127,7 +133,7 @@ def run(args: argparse.Namespace) -> None:
           f"parameters, vocab {vocab:,}, {cfg.dtype}, attention `{engine.attention}`; "
           f"P = {args.prefix}, I = {args.item}; max_tokens_per_pass = "
           f"{engine.max_tokens_per_pass}, candidate_tokens_per_pass = "
-          f"{engine.candidate_tokens_per_pass}; median of {args.repeats} runs after a warm-up.\n")
+          f"{engine.candidate_tokens_per_pass}; compile={engine.compiled}, kernel_options={args.kernel_options}; median of {args.repeats} runs after a warm-up.\n")
     print("| N | per-item (s) | multi-item (s) | passes | speedup | token ratio N(P+I)/(P+NI) "
           "| attention-pair ratio | items/s (multi) | max abs diff |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -139,6 +145,21 @@ def run(args: argparse.Namespace) -> None:
         print(f"\n\\* per-item time measured on the first {args.per_item_cap} candidates and "
               f"scaled linearly to N; the max abs diff (multi-item vs per-item scores) is over "
               f"those candidates.")
+
+
+def profile(engine, prefix, cands, path: str) -> None:
+    """Write the top operators of one multi-item request (torch.profiler) to ``path``."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch_profile(activities=acts) as prof:
+        engine.score_ids_batch([(prefix, cands)])
+        _sync()
+    key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    with open(path, "w") as f:
+        f.write(prof.key_averages().table(sort_by=key, row_limit=40))
 
 
 def attention_pair_ratio(n: int, p: int, i: int) -> float:
@@ -197,6 +218,14 @@ def main() -> None:
     ap.add_argument("--per-item-cap", type=int, default=20,
                     help="time per-item scoring on at most this many candidates, extrapolate")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--attention", default="auto", choices=["auto", "sdpa", "flex_attention"],
+                    help="auto: flex_attention on CUDA, sdpa on CPU")
+    ap.add_argument("--kernel-options", default=None, metavar="JSON",
+                    help='FlexAttention kernel options, e.g. \'{"BLOCK_M": 128, "BLOCK_N": 64}\'')
+    ap.add_argument("--profile", metavar="PATH", default=None,
+                    help="write a torch.profiler table of one request at the largest N")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the decoder layers (ScoringEngine(compile=True))")
     ap.add_argument("--gpu-shape", action="store_true",
                     help="CUDA only: 0.6B Qwen3-shaped model in bf16, P=2000, N=500, I=32")
     args = ap.parse_args()

@@ -334,8 +334,15 @@ def test_flex_attention_gpu_matches_per_item(tokenizer):
     multi = eng.score(PREFIX_TEXT * 4, cands)
     ref = eng.score_per_item(PREFIX_TEXT * 4, cands)
     np.testing.assert_allclose(multi, ref, atol=3e-2)  # bf16 tolerance
-    chunked = ScoringEngine(model, tokenizer, device="cuda", max_tokens_per_pass=400)
+    chunked = ScoringEngine(model, tokenizer, device="cuda", max_tokens_per_pass=600)
     np.testing.assert_allclose(chunked.score(PREFIX_TEXT * 4, cands), ref, atol=3e-2)
+    # compiled layers (one packed pass) and eager chunks over a cached prefix
+    compiled = ScoringEngine(small_model("dense", seed=5, vocab=len(tokenizer), dtype="bfloat16"),
+                             tokenizer, device="cuda", compile=True,
+                             kernel_options={"BLOCK_M": 64, "BLOCK_N": 64})
+    np.testing.assert_allclose(compiled.score(PREFIX_TEXT * 4, cands), ref, atol=3e-2)
+    compiled.max_tokens_per_pass = 600
+    np.testing.assert_allclose(compiled.score(PREFIX_TEXT * 4, cands), ref, atol=3e-2)
     moe = small_model("moe", seed=5, vocab=len(tokenizer))  # fp32 on GPU: tight
     eng = ScoringEngine(moe, tokenizer, device="cuda")
     np.testing.assert_allclose(eng.score(PREFIX_TEXT, cands), eng.score_per_item(PREFIX_TEXT, cands),

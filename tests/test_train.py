@@ -10,6 +10,7 @@ liked topic in the prefix and the candidate's needs hundreds of steps to appear)
 from __future__ import annotations
 
 import json
+import os
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -493,3 +494,35 @@ def test_ray_train_restarts_a_killed_worker_from_the_last_checkpoint(ray_local, 
     assert Path(out.checkpoint_path).name == "step_000012"
     state = json.loads((Path(out.checkpoint_path) / "trainer_state.json").read_text())
     assert state["step"] == 12 and state["world_size"] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("device", [
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="needs CUDA")),
+    pytest.param("cpu", marks=pytest.mark.skipif(
+        os.environ.get("RANKBREW_TEST_FLEX_CPU") != "1",
+        reason="compiles FlexAttention for CPU; set RANKBREW_TEST_FLEX_CPU=1")),
+])
+def test_flex_training_mask_matches_dense_mask(corpus, device):
+    """On CUDA training uses FlexAttention block masks (attention='auto'): the same
+    logits as the dense segment mask under SDPA, and different from plain causal."""
+    tok = corpus["tok"]
+    yes, no = corpus["answers"]
+    tr, _ = sft_sets(corpus, layout="multi_item", max_seq_len=512)
+    batch = collate([tr[i] for i in range(4)], tok.pad_token_id).to(device)
+    assert batch.dense_mask
+    lm = build_tiny_llama(len(tok), **TINY, seed=0).to(device)
+    with torch.no_grad():
+        lm.set_attn_implementation("sdpa")
+        dense = RankingLM(lm, yes, no)(batch, "cues+lm")
+        lm.set_attn_implementation("flex_attention")
+        flex = RankingLM(lm, yes, no)(batch, "cues+lm")
+        lm.set_attn_implementation("sdpa")
+        causal = lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    real = batch.attention_mask.bool()
+    tol = dict(atol=2e-3, rtol=2e-3)  # fp32; Triton may use tf32 inside the flex kernel
+    torch.testing.assert_close(flex["logits"][real], dense["logits"][real], **tol)
+    torch.testing.assert_close(flex["pair_logits"], dense["pair_logits"], **tol)
+    # the check can fail: ignoring the segments (plain causal) moves the logits
+    assert (causal[real] - dense["logits"][real]).abs().max() > 10 * tol["atol"]

@@ -29,6 +29,7 @@ from components.model.multi_item import score_per_item_reference, score_requests
 from components.model.scoring import (
     KNOWN_MODEL_TYPES,
     ScoringError,
+    decoder_body,
     label_head,
     verify_label_head,
 )
@@ -74,13 +75,21 @@ class ScoringEngine:
         candidate_tokens_per_pass: with ``reuse_prefix_cache``, cap the candidate tokens of
             one pass over the cached prefix; default per device (``DEFAULT_CANDIDATE_TOKENS``);
             0 means no cap.
+        compile: ``torch.compile`` each decoder layer (regional compilation: the layers share
+            one compiled block). Fuses the norms, rotary embedding and activations around
+            the matmuls; each new request shape pays a compile, so use it where shapes
+            repeat (a server with fixed buckets, benchmarks), mostly on GPU. Passes over a
+            cached prefix (chunked requests) stay eager.
+        kernel_options: FlexAttention kernel options (``BLOCK_M``, ``BLOCK_N``,
+            ``num_warps``, ``num_stages``) for every pass; GPU tuning, flex_attention only.
     """
 
     def __init__(self, model, tokenizer, device: str | torch.device | None = None,
                  max_tokens_per_pass: int | None = None, attention: str = "auto",
                  reuse_prefix_cache: bool = True, candidate_tokens_per_pass: int | None = None,
                  yes: str = ANSWER_YES, no: str = ANSWER_NO,
-                 calibration: Calibration | None = None) -> None:
+                 calibration: Calibration | None = None, compile: bool = False,
+                 kernel_options: dict | None = None) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -93,6 +102,13 @@ class ScoringEngine:
         if self.model.config._attn_implementation != attention:
             self.model.set_attn_implementation(attention)
         self.attention = self.model.config._attn_implementation
+        self.compiled = compile
+        if kernel_options and attention != "flex_attention":
+            raise ValueError(f"kernel_options are FlexAttention's; attention is {attention!r}")
+        self.model_kwargs = {"kernel_options": dict(kernel_options)} if kernel_options else {}
+        if compile:
+            for layer in decoder_body(self.model).layers:
+                layer.compile()
         self.tokenizer = tokenizer
         self.yes_id, self.no_id = answer_token_ids(tokenizer, yes, no)
         self.pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id)
@@ -147,7 +163,7 @@ class ScoringEngine:
         """``score_batch`` on token ids (for callers that tokenized already)."""
         out = score_requests(self.model, requests, self.head, self.pad_id,
                              self.max_tokens_per_pass, self.reuse_prefix_cache,
-                             self.candidate_tokens_per_pass)
+                             self.candidate_tokens_per_pass, self.model_kwargs)
         if margins:
             return [m.numpy().astype(np.float32) for m in out]
         return [self._prob(m) for m in out]

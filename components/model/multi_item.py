@@ -235,11 +235,12 @@ def check_sliding_window(model, max_position: int) -> None:
 
 
 def forward_margins(model, batch: PaddedBatch, head: LabelHead, past_key_values=None,
-                    q_offset: int = 0) -> torch.Tensor:
+                    q_offset: int = 0, model_kwargs: dict | None = None) -> torch.Tensor:
     """One forward pass; ``logit_yes - logit_no`` (fp32) at every answer position.
 
     With ``past_key_values`` (a cache of the first ``q_offset`` tokens), ``batch`` holds
-    the whole sequence but only tokens from ``q_offset`` on are run.
+    the whole sequence but only tokens from ``q_offset`` on are run. ``model_kwargs`` go
+    to the body's forward (e.g. FlexAttention ``kernel_options``).
     """
     if batch.input_ids.shape[0] == 1 and len(batch.answer_rows) == 1:
         mask = None  # one candidate, no padding: the rule is plain causal; let the kernel know
@@ -254,6 +255,7 @@ def forward_margins(model, batch: PaddedBatch, head: LabelHead, past_key_values=
         inputs.update(past_key_values=past_key_values, use_cache=True)
     else:
         inputs["use_cache"] = False
+    inputs.update(model_kwargs or {})
     hidden = final_hidden_states(model, **inputs)
     picked = hidden[batch.answer_rows, batch.answer_cols - q_offset]
     return label_margins(picked, head)
@@ -271,6 +273,7 @@ def score_requests(
     max_tokens_per_pass: int | None = None,
     reuse_prefix_cache: bool = True,
     candidate_tokens_per_pass: int | None = None,
+    model_kwargs: dict | None = None,
 ) -> list[torch.Tensor]:
     """Score many ``(prefix_ids, candidate_ids)`` requests; one fp32 margin tensor each.
 
@@ -289,6 +292,7 @@ def score_requests(
       ~(N I)^2 / 2 pairs on candidates that may not see each other. On CPU this mode
       scored 500 candidates 2.3x faster than one pass (see docs/benchmarks.md).
       FlexAttention skips masked blocks, so on CUDA leave it unset.
+    * ``model_kwargs`` go to every forward of the body (e.g. ``kernel_options``).
     """
     device = _model_device(model)
     out: list[torch.Tensor | None] = [None] * len(requests)
@@ -320,7 +324,7 @@ def score_requests(
                 j += 1
             group = singles[i:j]
             margins = forward_margins(model, collate([p for _, p in group], pad_id, device),
-                                      head).cpu()
+                                      head, model_kwargs=model_kwargs).cpu()
             k = 0
             for r, pack in group:
                 n = len(pack.candidates)
@@ -330,15 +334,29 @@ def score_requests(
 
         for r, chunks in cached:
             prefix, cands = requests[r]
-            out[r] = _score_with_prefix_cache(model, prefix, cands, chunks, head, pad_id, device)
+            out[r] = _score_with_prefix_cache(model, prefix, cands, chunks, head, pad_id, device,
+                                              model_kwargs)
     return out  # type: ignore[return-value]
 
 
-def _score_with_prefix_cache(model, prefix, cands, chunks, head, pad_id, device) -> torch.Tensor:
-    """Run the prefix once, then each chunk of candidates against a copy of its KV cache."""
+def _score_with_prefix_cache(model, prefix, cands, chunks, head, pad_id, device,
+                             model_kwargs: dict | None = None) -> torch.Tensor:
+    """Run the prefix once, then each chunk of candidates against a copy of its KV cache.
+
+    Runs eagerly even when the layers are compiled (``ScoringEngine(compile=True)``): a
+    cache makes every layer's graph depend on its own ``layer_idx``, one recompile per
+    layer, which would exhaust dynamo's recompile limit and leave the layers eager anyway.
+    """
+    with torch.compiler.set_stance("force_eager"):
+        return _prefix_cache_passes(model, prefix, cands, chunks, head, pad_id, device,
+                                    model_kwargs)
+
+
+def _prefix_cache_passes(model, prefix, cands, chunks, head, pad_id, device, model_kwargs
+                         ) -> torch.Tensor:
     p = len(prefix)
     prefix_ids = torch.tensor([list(prefix)], dtype=torch.long, device=device)
-    body_out = decoder_body(model)(input_ids=prefix_ids, use_cache=True)
+    body_out = decoder_body(model)(input_ids=prefix_ids, use_cache=True, **(model_kwargs or {}))
     prefix_cache = body_out.past_key_values
     result = torch.empty(len(cands))
     for chunk in chunks:
@@ -348,7 +366,8 @@ def _score_with_prefix_cache(model, prefix, cands, chunks, head, pad_id, device)
         # next chunk starts from the prefix alone (copying P tokens of K/V is cheap next to
         # recomputing them; crop() changed meaning across transformers 5.x releases).
         cache = copy.deepcopy(prefix_cache)
-        result[chunk] = forward_margins(model, batch, head, cache, q_offset=p).cpu()
+        result[chunk] = forward_margins(model, batch, head, cache, q_offset=p,
+                                        model_kwargs=model_kwargs).cpu()
     return result
 
 
@@ -368,10 +387,22 @@ def score_per_item_reference(model, prefix_ids: Sequence[int],
                              ) -> torch.Tensor:
     """The plain implementation: ``prefix + candidate`` alone through the model's own
     forward (its own causal mask, default positions, full LM head), softmax over the two
-    label logits at the last token. One forward per candidate; slow by design."""
+    label logits at the last token. One forward per candidate; slow by design.
+
+    Always eager SDPA: a kernel independent of the FlexAttention path it checks (and
+    compiled fp32 FlexAttention fails in inductor once shapes turn dynamic)."""
     device = _model_device(model)
+    impl = model.config._attn_implementation
     probs = []
-    for cand in candidate_ids:
-        ids = torch.tensor([list(prefix_ids) + list(cand)], dtype=torch.long, device=device)
-        probs.append(full_forward_probabilities(model, ids, yes_id, no_id).cpu())
+    try:
+        if impl != "sdpa":
+            model.set_attn_implementation("sdpa")
+        with torch.compiler.set_stance("force_eager"):
+            for cand in candidate_ids:
+                ids = torch.tensor([list(prefix_ids) + list(cand)], dtype=torch.long,
+                                   device=device)
+                probs.append(full_forward_probabilities(model, ids, yes_id, no_id).cpu())
+    finally:
+        if model.config._attn_implementation != impl:
+            model.set_attn_implementation(impl)
     return torch.cat(probs) if probs else torch.empty(0)

@@ -116,7 +116,7 @@ def full_forward_probabilities(model, input_ids: torch.Tensor, yes_id: int, no_i
     last position of each row of ``input_ids`` (no padding). Used by tests and by
     ``verify_label_head``; slower (full-vocabulary head) but independent of our slicing."""
     with torch.no_grad():
-        logits = model(input_ids=input_ids, logits_to_keep=1).logits[:, -1]
+        logits = model(input_ids=input_ids, logits_to_keep=1, use_cache=False).logits[:, -1]
     pair = logits[:, [yes_id, no_id]].float()
     return torch.softmax(pair, dim=-1)[:, 0]
 

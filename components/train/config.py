@@ -92,6 +92,13 @@ class TrainConfig(StrictModel):
                                  "cuts padding and the wait for the slowest rank.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: "
                                 "leave torch's default).")
+    compile: bool = Field(False, description="torch.compile each decoder layer (regional "
+                          "compilation: one compiled block reused by every layer). Pays a "
+                          "compile per new batch shape; worth it on GPU, not on 2 CPU cores.")
+    attention: Literal["auto", "sdpa", "flex_attention"] = Field(
+        "auto", description="Attention kernel while training. auto: flex_attention on CUDA "
+        "(block-sparse segment masks: packed documents and multi-item prompts skip the "
+        "blocks they may not see), sdpa on CPU (dense additive mask).")
 
     @model_validator(mode="after")
     def _warmup(self) -> TrainConfig:

@@ -25,6 +25,7 @@ Checkpoint directory (``<run_dir>/checkpoints/step_000040``)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -49,6 +50,7 @@ from components.train.data import (
     eval_shards,
 )
 from components.train.fsdp import (
+    decoder_layers,
     full_optimizer_state,
     full_state_dict,
     is_distributed,
@@ -119,10 +121,27 @@ def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW; no weight decay on norms and biases (1-D parameters)."""
     decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in module.parameters() if p.requires_grad and p.ndim < 2]
+    # fused: one kernel for all parameters instead of a few per tensor (CUDA only)
+    fused = all(p.is_cuda for p in decay + no_decay) or None
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=fused)
+
+
+def attention_for(cfg: TrainConfig, device: torch.device) -> str:
+    """``cfg.attention`` resolved: ``auto`` is flex_attention on CUDA, sdpa elsewhere."""
+    if cfg.attention != "auto":
+        return cfg.attention
+    return "flex_attention" if device.type == "cuda" else "sdpa"
+
+
+def autocast_for(device: torch.device, sharded: bool):
+    """bf16 autocast for one unsharded CUDA model; FSDP2's ``MixedPrecisionPolicy`` does
+    the same for sharded ones, and CPU trains in fp32 (its bf16 matmuls are slower)."""
+    if device.type == "cuda" and not sharded:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig
@@ -352,10 +371,15 @@ def train(lm: nn.Module, train_set: PromptDataset | PackedDataset, cfg: TrainCon
                         f"answers (data.tokenize_prompts(..., with_answers=True))")
     seed_everything(cfg.seed + rank)
     run_dir = Path(run_dir)
+    lm.set_attn_implementation(attention_for(cfg, device))
     module = RankingLM(lm, yes_id, no_id).to(device)
     sharded = world > 1
     if sharded:
         shard_model(module, device=device)
+    if cfg.compile:
+        for layer in decoder_layers(module.lm):
+            layer.compile()
+    amp = autocast_for(device, sharded)
     module.train()
     optimizer = make_optimizer(module, cfg)
     scheduler = make_scheduler(optimizer, cfg)
@@ -396,8 +420,9 @@ def train(lm: nn.Module, train_set: PromptDataset | PackedDataset, cfg: TrainCon
         term_values = dict.fromkeys(names, 0.0)
         for a, b in enumerate(micro):
             set_gradient_sync(module, a == len(micro) - 1)
-            parts = stage_loss(module, b, cfg.stage, cfg.align_sft_weight, cfg.lm_weight,
-                               cfg.router_aux_weight)
+            with amp:
+                parts = stage_loss(module, b, cfg.stage, cfg.align_sft_weight, cfg.lm_weight,
+                                   cfg.router_aux_weight)
             loss = sum(p.total / max(global_counts[k], 1.0) for k, p in parts.items())
             (loss * grad_scale).backward()
             for k, p in parts.items():

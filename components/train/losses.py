@@ -127,7 +127,13 @@ class RankingLM(nn.Module):
         """The decoder without the head (``LlamaModel`` inside ``LlamaForCausalLM``)."""
         return self.lm.get_decoder() if hasattr(self.lm, "get_decoder") else self.lm.model
 
-    def _attention_mask(self, batch: Batch, dtype: torch.dtype) -> torch.Tensor:
+    def _attention_mask(self, batch: Batch, dtype: torch.dtype):
+        if self.lm.config._attn_implementation == "flex_attention":
+            # Block-sparse: blocks a query may not see (other documents, other candidates)
+            # are skipped, not computed and masked. Same rule as the dense mask below.
+            from components.model.multi_item import flex_block_mask
+
+            return flex_block_mask(batch.segment_ids)
         if not batch.dense_mask:
             return batch.attention_mask
         # additive float mask: SDPA/eager accept it as is (a bool one is converted per layer)
