@@ -10,6 +10,11 @@ swaps the labels for a deterministic function of the text, to isolate a skill:
 * ``lexical``: "Yes" iff the candidate mentions healthcare (a word in the candidate
   only: a sanity check of the data path).
 
+``--warm-probe match --warm-steps K`` trains K steps on the ``match`` labels first, under
+their own instruction line ("is the candidate's industry the member's?"), then ``--steps``
+on the real labels: a pretext task that grows the profile-candidate comparison before the
+noisy real labels.
+
 The table in docs/training.md ("What the tiny teacher learns") came from::
 
     python -m benchmarks.teacher_probe --probe match --steps 1000 --lm-weight 1.0
@@ -45,6 +50,15 @@ def _newest(pattern: str) -> Path:
 def _industry(text: str) -> str | None:
     m = _INDUSTRY.search(text)
     return m.group(1) if m else None
+
+
+MATCH_INSTRUCTION = ("instruction: Predict whether the candidate's industry is the same as "
+                     "the member's industry.")
+
+
+def with_instruction(df: pl.DataFrame, line: str) -> pl.DataFrame:
+    """Replace the first line of every prefix (the task instruction) with ``line``."""
+    return df.with_columns(pl.col("prefix").str.replace(r"^[^\n]*", line))
 
 
 def relabel(df: pl.DataFrame, probe: str) -> pl.DataFrame:
@@ -84,6 +98,8 @@ def main() -> None:
     ap.add_argument("--warm-tasks", default=None,
                     help="regex of task ids for a warm-up phase before --steps on all tasks")
     ap.add_argument("--warm-steps", type=int, default=0)
+    ap.add_argument("--warm-probe", choices=["match"], default=None,
+                    help="warm-up phase on these probe labels (own instruction), all tasks")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/teacher_probe"))
     args = ap.parse_args()
 
@@ -130,9 +146,11 @@ def main() -> None:
                                         log_every=100),
                    args.out / "cpt", yes_id=yes, no_id=no, pad_id=tok.pad_token_id,
                    on_log=log).module.lm
-    if args.warm_steps and args.warm_tasks:
-        warm = tokenize_prompts(tr.filter(pl.col("task_id").str.contains(args.warm_tasks)),
-                                tok, yes, no, 1024, "multi_item")
+    if args.warm_steps and (args.warm_tasks or args.warm_probe):
+        wdf = tr.filter(pl.col("task_id").str.contains(args.warm_tasks or ""))
+        if args.warm_probe:
+            wdf = with_instruction(relabel(wdf, args.warm_probe), MATCH_INSTRUCTION)
+        warm = tokenize_prompts(wdf, tok, yes, no, 1024, "multi_item")
         wcfg = TrainConfig(stage=args.stage, max_steps=args.warm_steps, batch_size=args.batch_size,
                            lr=args.lr, warmup_steps=min(50, args.warm_steps // 10),
                            checkpoint_every=0, log_every=50, lm_weight=args.lm_weight)

@@ -109,14 +109,14 @@ def test_candidate_isolation(model):
 
 def test_mask_and_positions():
     pack = pack_candidates([1, 2, 3], [[4, 5], [6]])
-    assert pack.segment_ids == [0, 0, 0, 1, 1, 2]
-    assert pack.position_ids == [0, 1, 2, 3, 4, 3]  # candidate 2 restarts at P
-    assert pack.answer_index == [4, 5]
-    mask = dense_mask(torch.tensor([pack.segment_ids]))[0, 0]
+    assert pack.segment_ids.tolist() == [0, 0, 0, 1, 1, 2]
+    assert pack.position_ids.tolist() == [0, 1, 2, 3, 4, 3]  # candidate 2 restarts at P
+    assert pack.answer_index.tolist() == [4, 5]
+    mask = dense_mask(torch.from_numpy(pack.segment_ids)[None])[0, 0]
     assert mask[5].tolist() == [True, True, True, False, False, True]  # sees prefix + itself
     assert mask[4].tolist() == [True, True, True, True, True, False]
     assert mask[1].tolist() == [True, True, False, False, False, False]  # prefix is causal
-    cached = dense_mask(torch.tensor([pack.segment_ids]), q_offset=3)[0, 0]
+    cached = dense_mask(torch.from_numpy(pack.segment_ids)[None], q_offset=3)[0, 0]
     assert torch.equal(cached, mask[3:])
 
 

@@ -34,9 +34,11 @@ the prefix, the model's own full forward) that the fast paths are tested against
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from components.model.scoring import (
@@ -56,12 +58,16 @@ MASKED_ATTENTION = ("sdpa", "eager", "flex_attention")
 
 @dataclass(frozen=True)
 class PackedSequence:
-    """One prefix and some of its candidates, packed; ``candidates`` are request indices."""
+    """One prefix and some of its candidates, packed; ``candidates`` are request indices.
 
-    input_ids: list[int]
-    segment_ids: list[int]
-    position_ids: list[int]
-    answer_index: list[int]  # position in the packed sequence of each candidate's last token
+    int64 numpy arrays, not lists: a 500-candidate request is 18,000 tokens, and turning
+    Python lists into tensors took ~9 ms of host time per request, in front of a GPU pass
+    of ~70 ms."""
+
+    input_ids: np.ndarray
+    segment_ids: np.ndarray
+    position_ids: np.ndarray
+    answer_index: np.ndarray  # position in the packed sequence of each candidate's last token
     candidates: list[int]
 
     def __len__(self) -> int:
@@ -78,17 +84,22 @@ def pack_candidates(
     if p == 0:
         raise ScoringError("prefix has no tokens: multi-item scoring needs a shared prefix "
                            "(at least the instruction)")
-    ids, seg, pos, answers = list(prefix_ids), [PREFIX_SEGMENT] * p, list(range(p)), []
-    for k, c in enumerate(candidates, start=1):
-        cand = list(candidate_ids[c])
-        if not cand:
-            raise ScoringError(f"candidate {c} has no tokens: each candidate must end with "
-                               f"the answer cue ('Answer:')")
-        ids += cand
-        seg += [k] * len(cand)
-        pos += range(p, p + len(cand))
-        answers.append(len(ids) - 1)
-    return PackedSequence(ids, seg, pos, answers, candidates)
+    lens = np.fromiter((len(candidate_ids[c]) for c in candidates), dtype=np.int64,
+                       count=len(candidates))
+    if (lens == 0).any():
+        c = candidates[int(np.flatnonzero(lens == 0)[0])]
+        raise ScoringError(f"candidate {c} has no tokens: each candidate must end with "
+                           f"the answer cue ('Answer:')")
+    total = p + int(lens.sum())
+    ids = np.fromiter(itertools.chain(prefix_ids, *(candidate_ids[c] for c in candidates)),
+                      dtype=np.int64, count=total)
+    seg = np.repeat(np.arange(len(candidates) + 1, dtype=np.int64),  # prefix 0, candidate k
+                    np.concatenate([[p], lens]))
+    ends = p + np.cumsum(lens)  # one past each candidate's last token
+    # positions: 0..p-1 for the prefix, then p, p+1, ... restarting for every candidate
+    pos = np.arange(total, dtype=np.int64)
+    pos[p:] -= np.repeat(ends - lens - p, lens)
+    return PackedSequence(ids, seg, pos, ends - 1, candidates)
 
 
 def plan_chunks(prefix_len: int, candidate_lens: Sequence[int], max_tokens: int | None,
@@ -146,11 +157,11 @@ def collate(packs: Sequence[PackedSequence], pad_id: int, device: torch.device |
     rows, cols = [], []
     for r, p in enumerate(packs):
         n = len(p)
-        ids[r, :n] = torch.tensor(p.input_ids)
-        seg[r, :n] = torch.tensor(p.segment_ids)
-        pos[r, :n] = torch.tensor(p.position_ids)
+        ids[r, :n] = torch.from_numpy(p.input_ids)
+        seg[r, :n] = torch.from_numpy(p.segment_ids)
+        pos[r, :n] = torch.from_numpy(p.position_ids)
         rows += [r] * len(p.answer_index)
-        cols += p.answer_index
+        cols += p.answer_index.tolist()
     return PaddedBatch(
         ids.to(device), seg.to(device), pos.to(device),
         torch.tensor(rows, dtype=torch.long, device=device),
