@@ -276,8 +276,12 @@ def test_losses_match_references(corpus):
     ours = stage_loss(module, b, "sft")["sft"].mean()
     hf = lm(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels).loss
     assert torch.allclose(ours, hf, atol=1e-5)
-    lm_parts = causal_lm_loss(torch.randn(2, 5, 9), torch.tensor([[1, 2, 3, -100, -100]] * 2))
-    assert lm_parts.count == 4
+    logits, labels = torch.randn(2, 5, 9), torch.tensor([[1, 2, 3, -100, -100], [4, 5, 6, 7, 8]])
+    lm_parts = causal_lm_loss(logits, labels)
+    assert lm_parts.count == 2 + 4
+    ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 9), labels[:, 1:].reshape(-1),
+                                            ignore_index=-100, reduction="sum")
+    assert torch.allclose(lm_parts.total, ref)
 
 
 def test_auxiliary_prompt_lm_targets_stay_inside_segments(corpus):
