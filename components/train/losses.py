@@ -50,8 +50,8 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> LossParts:
     ``-100`` labels are ignored. ``logits`` [B, T, V], ``labels`` [B, T].
 
     The labels are shifted, not the logits: slicing ``logits[:, :-1]`` copies the
-    [tokens, vocab] tensor and its backward writes a zero-padded copy of the gradient
-    (with a 151,936-token vocabulary, ~5% of a 0.6B CPT step on an H100)."""
+    [tokens, vocab] tensor and its backward writes a zero-padded copy of the gradient.
+    (On an H100 the 0.6B CPT step did not get measurably faster: 72.5k vs 72.7k tokens/s.)"""
     shift_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
     total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), shift_labels,
                             ignore_index=IGNORE_INDEX, reduction="sum")
