@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--split-dir", type=Path, default=None, help="default: newest split output")
     ap.add_argument("--examples-dir", type=Path, default=None, help="default: newest promptify examples/")
     ap.add_argument("--split", default="valid", choices=["valid", "test"])
-    ap.add_argument("--baselines", nargs="+", default=["popularity", "lightgbm", "sasrec"])
+    ap.add_argument("--baselines", nargs="+", default=["popularity", "lightgbm", "sasrec"],
+                    choices=["popularity", "lightgbm", "sasrec"],
+                    help="space-separated (default: all three)")
     ap.add_argument("--tasks", type=Path, nargs="*", default=None, help="task YAML files (default: built-in)")
     ap.add_argument("--no-relabel", action="store_true")
     ap.add_argument("--n-boot", type=int, default=0, help="bootstrap replicates for AUC intervals")
