@@ -121,9 +121,7 @@ def evaluate_model_on_task(model: str, examples: pl.DataFrame, flags: pl.DataFra
                                                                   strict=True)], margins=True)
         lists = [np.asarray(x, dtype=np.float64) for x in lists]
         # P(yes) as served: through the model's calibration.json when it has one
-        cal = engine.calibration
-        probs = [cal.apply(x).astype(np.float64) if cal else 1.0 / (1.0 + np.exp(-x))
-                 for x in lists]
+        probs = [engine.probabilities(x).astype(np.float64) for x in lists]
     else:
         from components.evaluate.baselines import score_lists
 

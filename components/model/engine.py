@@ -166,12 +166,14 @@ class ScoringEngine:
                              self.candidate_tokens_per_pass, self.model_kwargs)
         if margins:
             return [m.numpy().astype(np.float32) for m in out]
-        return [self._prob(m) for m in out]
+        return [self.probabilities(m) for m in out]
 
-    def _prob(self, margins: torch.Tensor) -> np.ndarray:
+    def probabilities(self, margins: torch.Tensor | np.ndarray) -> np.ndarray:
+        """P(yes) from margins as served: through ``calibration`` when the engine has one,
+        else ``sigmoid(margin)``; float32."""
         if self.calibration is not None:
-            return self.calibration.apply(margins.numpy())
-        return torch.sigmoid(margins).numpy().astype(np.float32)
+            return self.calibration.apply(np.asarray(margins))
+        return torch.sigmoid(torch.as_tensor(margins)).numpy().astype(np.float32)
 
     def score_per_item(self, prefix: str, candidates: Sequence[str]) -> np.ndarray:
         """Reference scores: each candidate alone after the prefix, the model's full forward.
@@ -182,7 +184,7 @@ class ScoringEngine:
                                          self.no_id).double()
         if self.calibration is None:
             return probs.numpy().astype(np.float32)
-        return self._prob(torch.log(probs) - torch.log1p(-probs))
+        return self.probabilities(torch.log(probs) - torch.log1p(-probs))
 
 
 __all__ = ["DEFAULT_CANDIDATE_TOKENS", "DEFAULT_MAX_TOKENS", "ScoringEngine", "ScoringError", "tokenize_request"]

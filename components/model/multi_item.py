@@ -61,7 +61,7 @@ class PackedSequence:
     """One prefix and some of its candidates, packed; ``candidates`` are request indices.
 
     int64 numpy arrays, not lists: a 500-candidate request is 18,000 tokens; packing and
-    collating it as Python lists took 10-15 ms of host time on a 2-core VM, now under 1 ms
+    collating it as Python lists took 9-17 ms of host time on a 2-core VM, now under 1 ms
     (on an H100 the request's wall time did not move measurably, docs/benchmarks.md)."""
 
     input_ids: np.ndarray
