@@ -218,7 +218,8 @@ def main() -> None:
     ap.add_argument("--per-item-cap", type=int, default=20,
                     help="time per-item scoring on at most this many candidates, extrapolate")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--attention", default="auto", choices=["auto", "sdpa", "flex_attention"],
+    ap.add_argument("--attention", default="auto",
+                    choices=["auto", "sdpa", "flex_attention", "shared_prefix"],
                     help="auto: flex_attention on CUDA, sdpa on CPU")
     ap.add_argument("--kernel-options", default=None, metavar="JSON",
                     help='FlexAttention kernel options, e.g. \'{"BLOCK_M": 128, "BLOCK_N": 64}\'')

@@ -26,5 +26,7 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to out/NAME.log
 KOPTS='{"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2}'
 step tests 200 python3 -m pytest -q -p no:cacheprovider tests/test_model.py tests/test_train.py -k gpu
 step score 200 python3 -m benchmarks.bench_scoring --gpu-shape --n 1 10 100 500 --compile --per-item-cap 8 --kernel-options "$KOPTS"
+step score_shared 200 python3 -m benchmarks.bench_scoring --gpu-shape --n 100 500 --compile --per-item-cap 8 --attention shared_prefix
+step score_shared_eager 150 python3 -m benchmarks.bench_scoring --gpu-shape --n 500 --per-item-cap 8 --attention shared_prefix
 step train_cpt 150 python3 -m benchmarks.bench_train --stage cpt --compile --batch-size 4 --steps 12
 step train_cpt_accum 150 python3 -m benchmarks.bench_train --stage cpt --compile --batch-size 4 --grad-accum 2 --steps 10 --profile "$out/prof_train.txt"

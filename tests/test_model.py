@@ -8,6 +8,7 @@ rounding stays below 1e-6.
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from components.model import (
 from components.model.factory import load_model
 from components.model.multi_item import dense_mask, pack_candidates
 from components.model.scoring import LabelHead, final_hidden_states, verify_label_head
+from components.model.shared_prefix import SHARED_PREFIX
 from components.promptify.tokenizer import load_tokenizer, train_bpe_tokenizer
 
 VOCAB = 512
@@ -120,6 +122,71 @@ def test_mask_and_positions():
     assert torch.equal(cached, mask[3:])
 
 
+# --- shared-prefix attention (no mask: flash call + triangles, merged by log-sum-exp) -------
+
+
+@pytest.mark.parametrize("lens", [[5, 5, 5], [3, 7, 1, 4]], ids=["uniform", "mixed"])
+@pytest.mark.parametrize("cached", [False, True], ids=["one-pass", "cached-prefix"])
+def test_shared_prefix_attention_equals_masked_attention(lens, cached):
+    from components.model.shared_prefix import (
+        SharedPrefixLayout,
+        math_attention_with_lse,
+        shared_prefix_attention,
+    )
+
+    p = 9
+    pack = pack_candidates(list(range(p)), [[1] * k for k in lens])
+    g = torch.Generator().manual_seed(len(lens))
+    t = len(pack)
+    q, k, v = (torch.randn(2, h, t, 8, generator=g) for h in (4, 2, 2))  # GQA 4/2
+    ref, _ = math_attention_with_lse(q, k, v, 0.3,
+                                     mask=dense_mask(torch.from_numpy(pack.segment_ids)[None]))
+    layout = SharedPrefixLayout.from_lengths(p, lens)
+    assert (layout.cand_len is not None) == (len(set(lens)) == 1)
+    start = p if cached else 0
+    out, _ = shared_prefix_attention(None, q[:, :, start:], k, v, None, scaling=0.3,
+                                     shared_prefix_layout=layout)
+    torch.testing.assert_close(out.transpose(1, 2), ref[:, :, start:], atol=1e-6, rtol=0)
+    with pytest.raises(ScoringError, match="cache"):  # a cache holding part of the prefix
+        shared_prefix_attention(None, q[:, :, 4:], k, v, None, scaling=0.3,
+                                shared_prefix_layout=layout)
+
+
+@pytest.mark.parametrize("n", [1, 7, 64])
+def test_shared_prefix_scores_equal_per_item(model, n):
+    from components.model.shared_prefix import register
+
+    prefix, cands = random_request(n, seed=n)
+    same_len = [c[:1] * 6 for c in cands]  # the uniform-length fast path
+    head = label_head(model, YES, NO)
+    refs = [score_per_item_reference(model, prefix, c, YES, NO) for c in (cands, same_len)]
+    try:
+        model.set_attn_implementation(register())
+        for c, ref in zip((cands, same_len), refs, strict=True):
+            torch.testing.assert_close(score_multi_item(model, prefix, c, head), ref,
+                                       atol=EXACT, rtol=0)
+            chunked = score_multi_item(model, prefix, c, head,
+                                       max_tokens_per_pass=len(prefix) + 60)
+            torch.testing.assert_close(chunked, ref, atol=EXACT, rtol=0)
+    finally:
+        model.set_attn_implementation("sdpa")
+    if n > 1:
+        assert float(refs[0].std()) > 0.05
+
+
+def test_shared_prefix_model_still_runs_causal_forwards(tokenizer):
+    """Without a layout the registered attention is plain causal SDPA (prefix passes of a
+    KV cache, ordinary forwards of the same model object)."""
+    eng = ScoringEngine(small_model("dense", seed=2, vocab=len(tokenizer)), tokenizer,
+                        device="cpu", attention="shared_prefix")
+    assert eng.candidate_tokens_per_pass is None  # no masked pairs to save
+    ids = torch.tensor([eng.tokenize(PREFIX_TEXT, [])[0]])
+    with torch.no_grad():
+        logits = eng.model(input_ids=ids).logits
+        eng.model.set_attn_implementation("sdpa")
+        torch.testing.assert_close(eng.model(input_ids=ids).logits, logits, atol=1e-5, rtol=0)
+
+
 # --- chunking and batching -----------------------------------------------------------------
 
 
@@ -143,11 +210,13 @@ def test_chunked_equals_single_pass(model, reuse_cache, cand_tokens):
     torch.testing.assert_close(chunked, whole, atol=EXACT, rtol=0)
 
 
-@pytest.mark.parametrize("cand_tokens", [None, 0], ids=["prefix-first", "packed-batches"])
-def test_engine_text_and_batch(model, tokenizer, cand_tokens):
-    eng = ScoringEngine(model, tokenizer, device="cpu", max_tokens_per_pass=600,
-                        candidate_tokens_per_pass=cand_tokens)
-    assert eng.attention == "sdpa"
+@pytest.mark.parametrize(("attention", "cand_tokens"),
+                         [("sdpa", None), ("sdpa", 0), ("shared_prefix", None)],
+                         ids=["prefix-first", "packed-batches", "shared-prefix"])
+def test_engine_text_and_batch(model, tokenizer, attention, cand_tokens):
+    eng = ScoringEngine(copy.deepcopy(model), tokenizer, device="cpu", max_tokens_per_pass=600,
+                        candidate_tokens_per_pass=cand_tokens, attention=attention)
+    assert eng.attention == ("sdpa" if attention == "sdpa" else SHARED_PREFIX)
     cands = candidate_texts(30)
     scores = eng.score(PREFIX_TEXT, cands)
     assert scores.dtype == np.float32 and scores.shape == (30,)
@@ -347,6 +416,16 @@ def test_flex_attention_gpu_matches_per_item(tokenizer):
     eng = ScoringEngine(moe, tokenizer, device="cuda")
     np.testing.assert_allclose(eng.score(PREFIX_TEXT, cands), eng.score_per_item(PREFIX_TEXT, cands),
                                atol=1e-4)
+    # shared-prefix attention: flash kernel (bf16) and memory-efficient kernel (fp32)
+    shared = ScoringEngine(small_model("dense", seed=5, vocab=len(tokenizer), dtype="bfloat16"),
+                           tokenizer, device="cuda", attention="shared_prefix")
+    np.testing.assert_allclose(shared.score(PREFIX_TEXT * 4, cands), ref, atol=3e-2)
+    shared.max_tokens_per_pass = 600
+    np.testing.assert_allclose(shared.score(PREFIX_TEXT * 4, cands), ref, atol=3e-2)
+    shared32 = ScoringEngine(small_model("moe", seed=5, vocab=len(tokenizer)), tokenizer,
+                             device="cuda", attention="shared_prefix")
+    np.testing.assert_allclose(shared32.score(PREFIX_TEXT, cands),
+                               shared32.score_per_item(PREFIX_TEXT, cands), atol=1e-4)
 
 
 @pytest.mark.skipif(os.environ.get("RANKBREW_TEST_FLEX_CPU") != "1",

@@ -33,6 +33,8 @@ from components.model.scoring import (
     label_head,
     verify_label_head,
 )
+from components.model.shared_prefix import SHARED_PREFIX
+from components.model.shared_prefix import register as register_shared_prefix
 from components.promptify.tokenizer import ANSWER_NO, ANSWER_YES, answer_token_ids
 
 #: Default token budget per forward pass (memory bound). CPU: the dense mask is Q x K.
@@ -70,11 +72,13 @@ class ScoringEngine:
         max_tokens_per_pass: token budget of one forward (prefix included); longer requests
             are chunked, shorter ones batched. Default per device (``DEFAULT_MAX_TOKENS``).
         attention: ``"auto"`` (flex_attention on CUDA, sdpa elsewhere), ``"sdpa"``,
-            ``"flex_attention"`` or ``"eager"``.
+            ``"flex_attention"``, ``"shared_prefix"`` (no mask: a maskless flash call for
+            candidates -> prefix plus per-candidate triangles, merged by log-sum-exp; one
+            request per pass; module ``shared_prefix``) or ``"eager"``.
         reuse_prefix_cache: for chunked requests, run the prefix once and reuse its KV cache.
         candidate_tokens_per_pass: with ``reuse_prefix_cache``, cap the candidate tokens of
-            one pass over the cached prefix; default per device (``DEFAULT_CANDIDATE_TOKENS``);
-            0 means no cap.
+            one pass over the cached prefix; default per device (``DEFAULT_CANDIDATE_TOKENS``),
+            none with ``shared_prefix`` (it computes no masked pairs); 0 means no cap.
         compile: ``torch.compile`` each decoder layer (regional compilation: the layers share
             one compiled block). Fuses the norms, rotary embedding and activations around
             the matmuls; each new request shape pays a compile, so use it where shapes
@@ -95,9 +99,11 @@ class ScoringEngine:
         self.device = torch.device(device)
         if attention == "auto":
             attention = "flex_attention" if self.device.type == "cuda" else "sdpa"
-        if attention not in ("sdpa", "flex_attention", "eager"):
-            raise ValueError(f"attention={attention!r}: use 'auto', 'sdpa', 'flex_attention' "
-                             f"or 'eager'")
+        if attention == "shared_prefix":
+            attention = register_shared_prefix()
+        if attention not in ("sdpa", "flex_attention", "eager", SHARED_PREFIX):
+            raise ValueError(f"attention={attention!r}: use 'auto', 'sdpa', 'flex_attention', "
+                             f"'shared_prefix' or 'eager'")
         self.model = model.to(self.device).eval()
         if self.model.config._attn_implementation != attention:
             self.model.set_attn_implementation(attention)
@@ -119,7 +125,7 @@ class ScoringEngine:
             raise ValueError(f"max_tokens_per_pass={max_tokens_per_pass}: must be >= 2")
         self.max_tokens_per_pass = max_tokens_per_pass
         self.reuse_prefix_cache = reuse_prefix_cache
-        if candidate_tokens_per_pass is None:
+        if candidate_tokens_per_pass is None and self.attention != SHARED_PREFIX:
             candidate_tokens_per_pass = DEFAULT_CANDIDATE_TOKENS.get(self.device.type)
         self.candidate_tokens_per_pass = candidate_tokens_per_pass or None
         self.calibration = calibration  # applied to P(yes), never to margins

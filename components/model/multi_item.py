@@ -26,6 +26,9 @@ Two attention paths, one rule:
 * CUDA: a FlexAttention ``BlockMask`` built by ``create_block_mask`` from a ``mask_mod``
   that reads the segment ids; blocks that are entirely masked (candidate i vs candidate
   j) are skipped, so the attention cost follows the useful pairs.
+* Shared-prefix (``shared_prefix`` module, either device, one request per pass): no
+  mask at all; the dense candidates -> prefix block is one maskless flash-attention call
+  and the per-candidate triangles a small matmul, merged by log-sum-exp.
 
 ``score_per_item_reference`` is the plain implementation (each candidate alone after
 the prefix, the model's own full forward) that the fast paths are tested against.
@@ -49,6 +52,7 @@ from components.model.scoring import (
     full_forward_probabilities,
     label_margins,
 )
+from components.model.shared_prefix import SHARED_PREFIX, SharedPrefixLayout
 
 PREFIX_SEGMENT = 0
 PAD_SEGMENT = -1
@@ -214,6 +218,8 @@ def flex_block_mask(segment_ids: torch.Tensor, q_offset: int = 0,
 def attention_mask_for(model, segment_ids: torch.Tensor, q_offset: int = 0):
     """The mask in the form the model's attention implementation expects."""
     impl = model.config._attn_implementation
+    if impl == SHARED_PREFIX:
+        return None  # the layout travels as a forward keyword instead (shared_prefix_layout)
     if impl == "flex_attention":
         return flex_block_mask(segment_ids, q_offset)
     if impl in ("sdpa", "eager"):
@@ -226,8 +232,16 @@ def attention_mask_for(model, segment_ids: torch.Tensor, q_offset: int = 0):
     raise ScoringError(
         f"multi-item scoring needs a custom attention mask, which attn_implementation={impl!r} "
         f"does not take: call model.set_attn_implementation('sdpa') (CPU) or "
-        f"'flex_attention' (CUDA)"
+        f"'flex_attention' (CUDA), or use ScoringEngine(attention='shared_prefix')"
     )
+
+
+def shared_prefix_layout(pack: PackedSequence, device) -> SharedPrefixLayout:
+    """The ``SharedPrefixLayout`` of one packed request (prefix length, candidate lengths)."""
+    prefix_len = int((pack.segment_ids == PREFIX_SEGMENT).sum())
+    ends = np.asarray(pack.answer_index) + 1
+    lengths = np.diff(np.concatenate([[prefix_len], ends]))
+    return SharedPrefixLayout.from_lengths(prefix_len, lengths, device)
 
 
 def check_sliding_window(model, max_position: int) -> None:
@@ -246,15 +260,24 @@ def check_sliding_window(model, max_position: int) -> None:
 
 
 def forward_margins(model, batch: PaddedBatch, head: LabelHead, past_key_values=None,
-                    q_offset: int = 0, model_kwargs: dict | None = None) -> torch.Tensor:
+                    q_offset: int = 0, model_kwargs: dict | None = None,
+                    layout: SharedPrefixLayout | None = None) -> torch.Tensor:
     """One forward pass; ``logit_yes - logit_no`` (fp32) at every answer position.
 
     With ``past_key_values`` (a cache of the first ``q_offset`` tokens), ``batch`` holds
     the whole sequence but only tokens from ``q_offset`` on are run. ``model_kwargs`` go
-    to the body's forward (e.g. FlexAttention ``kernel_options``).
+    to the body's forward (e.g. FlexAttention ``kernel_options``). ``layout`` (one row,
+    shared-prefix attention) replaces the mask.
     """
+    model_kwargs = dict(model_kwargs or {})
     if batch.input_ids.shape[0] == 1 and len(batch.answer_rows) == 1:
         mask = None  # one candidate, no padding: the rule is plain causal; let the kernel know
+    elif model.config._attn_implementation == SHARED_PREFIX:
+        if layout is None or batch.input_ids.shape[0] != 1:
+            raise ScoringError("shared-prefix attention scores one request per pass and needs "
+                               "its layout (multi_item.shared_prefix_layout)")
+        mask = None
+        model_kwargs["shared_prefix_layout"] = layout
     else:
         mask = attention_mask_for(model, batch.segment_ids, q_offset)
     inputs = dict(
@@ -266,7 +289,7 @@ def forward_margins(model, batch: PaddedBatch, head: LabelHead, past_key_values=
         inputs.update(past_key_values=past_key_values, use_cache=True)
     else:
         inputs["use_cache"] = False
-    inputs.update(model_kwargs or {})
+    inputs.update(model_kwargs)
     hidden = final_hidden_states(model, **inputs)
     picked = hidden[batch.answer_rows, batch.answer_cols - q_offset]
     return label_margins(picked, head)
@@ -325,17 +348,19 @@ def score_requests(
             singles += [(r, pack_candidates(prefix, cands, ch)) for ch in chunks]
             out[r] = torch.empty(len(cands))
 
+    shared = model.config._attn_implementation == SHARED_PREFIX
     with torch.no_grad():
         singles.sort(key=lambda rp: -len(rp[1]))
         i = 0
         while i < len(singles):
             longest, j = len(singles[i][1]), i + 1
-            while j < len(singles) and (max_tokens_per_pass is None
-                                        or (j - i + 1) * longest <= max_tokens_per_pass):
+            while not shared and j < len(singles) and (
+                    max_tokens_per_pass is None or (j - i + 1) * longest <= max_tokens_per_pass):
                 j += 1
             group = singles[i:j]
+            layout = shared_prefix_layout(group[0][1], device) if shared else None
             margins = forward_margins(model, collate([p for _, p in group], pad_id, device),
-                                      head, model_kwargs=model_kwargs).cpu()
+                                      head, model_kwargs=model_kwargs, layout=layout).cpu()
             k = 0
             for r, pack in group:
                 n = len(pack.candidates)
@@ -377,8 +402,10 @@ def _prefix_cache_passes(model, prefix, cands, chunks, head, pad_id, device, mod
         # next chunk starts from the prefix alone (copying P tokens of K/V is cheap next to
         # recomputing them; crop() changed meaning across transformers 5.x releases).
         cache = copy.deepcopy(prefix_cache)
+        layout = (shared_prefix_layout(pack, device)
+                  if model.config._attn_implementation == SHARED_PREFIX else None)
         result[chunk] = forward_margins(model, batch, head, cache, q_offset=p,
-                                        model_kwargs=model_kwargs).cpu()
+                                        model_kwargs=model_kwargs, layout=layout).cpu()
     return result
 
 
