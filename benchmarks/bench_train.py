@@ -138,7 +138,8 @@ def run(args: argparse.Namespace) -> dict:
     tcfg = TrainConfig(stage=args.stage, max_steps=args.steps, batch_size=args.batch_size,
                        grad_accum=args.grad_accum,
                        lr=1e-4, warmup_steps=1, checkpoint_every=0, log_every=1,
-                       compile=args.compile, attention=args.attention, seed=0)
+                       compile=args.compile, attention=args.attention, seed=0,
+                       lm_loss_chunk_tokens=args.lm_loss_chunk)
     first = [ds[i] for i in range(args.batch_size * args.grad_accum)]
     pairs = allowed_pairs([x.segment_ids for x in first])
     tokens = sum(int((x.segment_ids != -1).sum()) for x in first)
@@ -223,6 +224,8 @@ def main() -> None:
     ap.add_argument("--profile", metavar="PATH", default=None,
                     help="write a torch.profiler table of two steps after the warm-up")
     ap.add_argument("--attention", default="auto", choices=["auto", "sdpa", "flex_attention"])
+    ap.add_argument("--lm-loss-chunk", type=int, default=0, metavar="TOKENS",
+                    help="chunked linear + cross-entropy, TOKENS per chunk (0: full logits)")
     ap.add_argument("--peak-tflops", type=float, default=989.0,
                     help="the device's dense bf16 peak (H100 SXM datasheet: 989)")
     args = ap.parse_args()

@@ -9,6 +9,7 @@ liked topic in the prefix and the candidate's needs hundreds of steps to appear)
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -304,6 +305,49 @@ def test_auxiliary_prompt_lm_targets_stay_inside_segments(corpus):
     assert parts["lm"].count == stage_counts(b, "sft", 0.5)["lm"] == int(t[:, 1:].sum())
     full = causal_lm_loss(module(b, "lm")["logits"], lab)
     assert torch.allclose(parts["lm"].total, 0.5 * full.total, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tie", [True, False], ids=["tied-head", "untied-head"])
+def test_chunked_lm_loss_equals_full_logits(corpus, tie):
+    """Chunked linear + cross-entropy (no [tokens, vocab] logits): the same loss and the
+    same gradients as the plain path, for CPT and for the SFT stage's lm term."""
+    from components.train.losses import linear_cross_entropy
+
+    h, w = torch.randn(11, 16, requires_grad=True), torch.randn(40, 16, requires_grad=True)
+    t = torch.randint(0, 40, (11,))
+    ours = linear_cross_entropy(h, w, t, chunk_tokens=4)  # 3 chunks, the last one short
+    ref = torch.nn.functional.cross_entropy(h @ w.T, t, reduction="sum")
+    g_ours, g_ref = (torch.autograd.grad(2.5 * x, [h, w]) for x in (ours, ref))
+    assert torch.allclose(ours, ref, atol=1e-5)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # matmuls in bf16, softmax in fp32
+        low = linear_cross_entropy(h, w, t, chunk_tokens=4)
+    assert low.dtype == torch.float32 and abs(float((low - ref).detach())) < 0.05 * float(ref.detach())
+
+    tok, (yes, no) = corpus["tok"], corpus["answers"]
+    b = collate(sft_sets(corpus, "multi_item")[0].prompts[:3], tok.pad_token_id)
+    plain = RankingLM(build_tiny_llama(len(tok), **TINY, seed=2, tie_word_embeddings=tie),
+                      yes, no)
+    chunked = copy.deepcopy(plain)
+    chunked.lm_loss_chunk = 37
+    assert int((b.labels != IGNORE_INDEX).sum()) > 0
+    full_lm = causal_lm_loss(plain(b, "lm")["logits"], b.input_ids)
+    ch_lm = chunked(b, "lm", lm_labels=b.input_ids)["lm"]
+    assert ch_lm.count == full_lm.count and torch.allclose(ch_lm.total, full_lm.total, rtol=1e-5)
+    for stage, kw in (("cpt", {}), ("sft", {"lm_weight": 0.5})):
+        if stage == "cpt":
+            b.labels = b.input_ids.clone()  # a CPT batch: every next token is a target
+        losses = []
+        for module in (plain, chunked):
+            module.zero_grad()
+            parts = stage_loss(module, b, stage, **kw)
+            total = sum(p.total for p in parts.values())
+            total.backward()
+            losses.append((float(total.detach()), [p.grad.clone() for p in module.parameters()]))
+        assert abs(losses[0][0] - losses[1][0]) < 1e-4 * abs(losses[0][0])
+        for a, c in zip(losses[0][1], losses[1][1], strict=True):
+            torch.testing.assert_close(c, a, atol=2e-5, rtol=1e-4)
 
 
 def test_roc_auc_counts_pairs_and_ties():

@@ -95,6 +95,11 @@ class TrainConfig(StrictModel):
     compile: bool = Field(False, description="torch.compile each decoder layer (regional "
                           "compilation: one compiled block reused by every layer). Pays a "
                           "compile per new batch shape; worth it on GPU, not on 2 CPU cores.")
+    lm_loss_chunk_tokens: int = Field(0, ge=0, description="Next-token losses (cpt, and "
+                                      "the lm term of sft/align) through a chunked linear + "
+                                      "cross-entropy of this many tokens per chunk, never "
+                                      "forming the [tokens, vocab] logits (memory, and the "
+                                      "elementwise passes over them on GPU). 0: plain logits.")
     attention: Literal["auto", "sdpa", "flex_attention"] = Field(
         "auto", description="Attention kernel while training. auto: flex_attention on CUDA "
         "(block-sparse segment masks: packed documents and multi-item prompts skip the "

@@ -372,7 +372,7 @@ def train(lm: nn.Module, train_set: PromptDataset | PackedDataset, cfg: TrainCon
     seed_everything(cfg.seed + rank)
     run_dir = Path(run_dir)
     lm.set_attn_implementation(attention_for(cfg, device))
-    module = RankingLM(lm, yes_id, no_id).to(device)
+    module = RankingLM(lm, yes_id, no_id, cfg.lm_loss_chunk_tokens).to(device)
     sharded = world > 1
     if sharded:
         shard_model(module, device=device)
