@@ -29,4 +29,5 @@ step score 200 python3 -m benchmarks.bench_scoring --gpu-shape --n 1 10 100 500 
 step score_shared 200 python3 -m benchmarks.bench_scoring --gpu-shape --n 100 500 --compile --per-item-cap 8 --attention shared_prefix
 step score_shared_eager 150 python3 -m benchmarks.bench_scoring --gpu-shape --n 500 --per-item-cap 8 --attention shared_prefix
 step train_cpt 150 python3 -m benchmarks.bench_train --stage cpt --compile --batch-size 4 --steps 12
+step train_cpt_chunked_ce 150 python3 -m benchmarks.bench_train --stage cpt --compile --batch-size 4 --steps 12 --lm-loss-chunk 2048
 step train_cpt_accum 150 python3 -m benchmarks.bench_train --stage cpt --compile --batch-size 4 --grad-accum 2 --steps 10 --profile "$out/prof_train.txt"

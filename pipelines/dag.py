@@ -270,7 +270,7 @@ def _ray_init(cfg: PipelineConfig, env: dict[str, str]) -> bool:
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {
-        "include_dashboard": False,
+        "include_dashboard": cfg.ray.include_dashboard,
         "logging_level": logging.WARNING,
         "runtime_env": {"env_vars": env},
     }

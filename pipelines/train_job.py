@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     base = {"hidden_size": args.hidden, "num_layers": args.layers, "num_heads": args.heads,
             "num_kv_heads": args.kv_heads, "intermediate_size": args.intermediate,
             "num_experts": args.experts}
-    ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(include_dashboard=True, logging_level=logging.WARNING)  # State API: see RayConfig
     out = run_training(args.stage, data=data, train=train, tokenizer_dir=args.tokenizer_dir,
                        base_model=base, storage_path=args.storage.resolve(),
                        name=args.name or f"{args.stage}-{int(time.time())}",

@@ -45,6 +45,11 @@ class RayConfig(StrictModel):
 
     address: str | None = None
     num_cpus: int | None = Field(None, description="CPUs for a local Ray (default: all).")
+    include_dashboard: bool = Field(True, description="Start the Ray dashboard with a local "
+                                    "Ray (http://127.0.0.1:8265). It also serves the State "
+                                    "API, which Ray Train's placement-group cleaner polls: "
+                                    "without it every Train stage logs 'State API may be "
+                                    "temporarily unavailable' every few seconds.")
 
 
 class SyntheticWorldConfig(StrictModel):
