@@ -12,6 +12,7 @@ from importlib import metadata
 from typing import Any
 
 import mlflow.pyfunc
+import pandas as pd
 
 
 def pip_requirements() -> list[str]:
@@ -34,7 +35,7 @@ class TeacherScorer(mlflow.pyfunc.PythonModel):
 
         self.engine = ScoringEngine.from_pretrained(context.artifacts["model"])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
                 ) -> list[list[float]]:
         for col in ("prefix", "candidates"):
             if col not in model_input.columns:
