@@ -66,8 +66,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     scalar), the scheme of Liger Kernel's fused linear cross-entropy."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk, compute_dtype):
-        need_h, need_w = hidden.requires_grad, weight.requires_grad
+    def forward(ctx, hidden, weight, targets, chunk, compute_dtype, grad_enabled):
+        need_h, need_w = hidden.requires_grad and grad_enabled, weight.requires_grad and grad_enabled
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(compute_dtype)
             grad_h = torch.empty_like(hidden) if need_h else None
@@ -98,7 +98,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
         gw = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
-        return gh, gw, None, None, None
+        return gh, gw, None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -115,7 +115,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         return hidden.sum() * 0.0 + weight.sum() * 0.0
     dev = hidden.device.type
     dtype = (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else hidden.dtype)
-    return _LinearCrossEntropy.apply(hidden, weight, targets, int(chunk_tokens), dtype)
+    # under no_grad the weight still requires grad: do not form gradients nobody will read
+    return _LinearCrossEntropy.apply(hidden, weight, targets, int(chunk_tokens), dtype,
+                                     torch.is_grad_enabled())
 
 
 def chunked_lm_loss(hidden: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor,
