@@ -218,8 +218,6 @@ def flex_block_mask(segment_ids: torch.Tensor, q_offset: int = 0,
 def attention_mask_for(model, segment_ids: torch.Tensor, q_offset: int = 0):
     """The mask in the form the model's attention implementation expects."""
     impl = model.config._attn_implementation
-    if impl == SHARED_PREFIX:
-        return None  # the layout travels as a forward keyword instead (shared_prefix_layout)
     if impl == "flex_attention":
         return flex_block_mask(segment_ids, q_offset)
     if impl in ("sdpa", "eager"):
@@ -236,8 +234,11 @@ def attention_mask_for(model, segment_ids: torch.Tensor, q_offset: int = 0):
     )
 
 
-def shared_prefix_layout(pack: PackedSequence, device) -> SharedPrefixLayout:
-    """The ``SharedPrefixLayout`` of one packed request (prefix length, candidate lengths)."""
+def shared_prefix_layout(model, pack: PackedSequence, device) -> SharedPrefixLayout | None:
+    """The ``SharedPrefixLayout`` of one packed request (prefix length, candidate lengths)
+    when ``model`` runs shared-prefix attention, else None (the other paths use masks)."""
+    if model.config._attn_implementation != SHARED_PREFIX:
+        return None
     prefix_len = int((pack.segment_ids == PREFIX_SEGMENT).sum())
     ends = np.asarray(pack.answer_index) + 1
     lengths = np.diff(np.concatenate([[prefix_len], ends]))
@@ -358,9 +359,10 @@ def score_requests(
                     max_tokens_per_pass is None or (j - i + 1) * longest <= max_tokens_per_pass):
                 j += 1
             group = singles[i:j]
-            layout = shared_prefix_layout(group[0][1], device) if shared else None
             margins = forward_margins(model, collate([p for _, p in group], pad_id, device),
-                                      head, model_kwargs=model_kwargs, layout=layout).cpu()
+                                      head, model_kwargs=model_kwargs,
+                                      layout=shared_prefix_layout(model, group[0][1], device)
+                                      if shared else None).cpu()
             k = 0
             for r, pack in group:
                 n = len(pack.candidates)
@@ -402,10 +404,9 @@ def _prefix_cache_passes(model, prefix, cands, chunks, head, pad_id, device, mod
         # next chunk starts from the prefix alone (copying P tokens of K/V is cheap next to
         # recomputing them; crop() changed meaning across transformers 5.x releases).
         cache = copy.deepcopy(prefix_cache)
-        layout = (shared_prefix_layout(pack, device)
-                  if model.config._attn_implementation == SHARED_PREFIX else None)
         result[chunk] = forward_margins(model, batch, head, cache, q_offset=p,
-                                        model_kwargs=model_kwargs, layout=layout).cpu()
+                                        model_kwargs=model_kwargs,
+                                        layout=shared_prefix_layout(model, pack, device)).cpu()
     return result
 
 
