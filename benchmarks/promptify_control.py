@@ -30,7 +30,7 @@ def _init(tok_dir: str, prep_dir: str) -> None:
     from components.promptify.tasks import load_tasks
 
     prep = Path(prep_dir)
-    prepared = PreparedData(prep / "member_rows", prep / "items_text.parquet", prep / "item_pools.parquet")
+    prepared = PreparedData.from_dir(prep)
     _STATE["builder"] = PromptBuilder(tok_dir, prepared, load_tasks().for_domain("professional"),
                                       PromptifyConfig(blocks=16))
 

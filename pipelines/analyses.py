@@ -194,8 +194,7 @@ class PrefixRenderer:
         from components.promptify.examples import PreparedData, PromptBuilder
 
         prep = art.stage("prepare")
-        prepared = PreparedData(prep / "member_rows", prep / "items_text.parquet",
-                                prep / "item_pools.parquet")
+        prepared = PreparedData.from_dir(prep)
         self.cfg = inputs.cfg.promptify
         self.tasks = inputs.tasks
         self.builder = PromptBuilder(str(art.stage("tokenizer") / "tokenizer"), prepared,
@@ -229,7 +228,9 @@ class PrefixRenderer:
                 member, style, int(r["n_prior_events"]), member["hist_action"] or [],
                 self._line_tokens.setdefault(r["member_id"], {}))
             task = self.tasks[task_id]
-            pieces = PromptPieces(task.instruction, member[f"profile_{style}"] or "", (), (), task.question)
+            cutoff = r.get("cutoff")
+            pieces = PromptPieces(task.instruction, member[f"profile_{style}"] or "", (), (), task.question,
+                                  today=cutoff.strftime("%Y-%m-%d") if cutoff is not None else "")
             out["example_id"].append(r["example_id"])
             out["prefix"].append(render_prefix(pieces, history, style))
             out["history_lines"].append(kept)

@@ -198,7 +198,7 @@ def promptify(ctx: StageContext) -> dict[str, float]:
     from pipelines.promptify_job import run_promptify_job
 
     prep = ctx.inputs["prepare"]
-    prepared = PreparedData(prep / "member_rows", prep / "items_text.parquet", prep / "item_pools.parquet")
+    prepared = PreparedData.from_dir(prep)
     tasks = load_pipeline_tasks(ctx.cfg)
     dest = run_promptify_job(prepared, ctx.inputs["tokenizer"] / "tokenizer", tasks,
                              ctx.cfg.promptify, ctx.out_dir)

@@ -110,19 +110,25 @@ def validation_report(ctx: StageContext, model_dir: Path, limit: int,
 
     examples = ctx.inputs["promptify"] / "examples"
     rows = read_examples(examples, "valid", include_held_out=True, limit=None)
-    rows = rows.join(pl.read_parquet(examples, columns=["example_id", "task_id"]),
-                     on="example_id", how="left")
+    cols = ["example_id", "task_id", "held_out"]
+    rows = rows.drop([c for c in cols[1:] if c in rows.columns]).join(
+        pl.read_parquet(examples, columns=cols), on="example_id", how="left")
     rows = rows.sample(n=min(limit, rows.height), seed=0) if rows.height else rows
     engine = ScoringEngine.from_pretrained(model_dir, calibrated=False)
     margins = engine.score_batch([(p, list(c)) for p, c in zip(rows["prefix"], rows["candidates"],
                                                                 strict=True)], margins=True)
     probs = [1.0 / (1.0 + np.exp(-m.astype(np.float64))) for m in margins]
     metrics: dict[str, float] = {}
-    if calibrate and rows.height:
+    # fitted on trained tasks only: a zero-shot task's labels must not shape any parameter
+    trained = ~rows["held_out"].fill_null(False).to_numpy() if rows.height else np.zeros(0, bool)
+    if calibrate and trained.any():
         from components.model.calibration import fit_platt
 
         labels = np.concatenate([np.asarray(y, dtype=np.float64) for y in rows["labels"]])
-        cal = fit_platt(np.concatenate(margins), labels, fitted_on=f"valid ({rows.height} prompts)")
+        fit_m = [m for m, t in zip(margins, trained, strict=True) if t]
+        fit_y = [np.asarray(y, dtype=np.float64) for y, t in zip(rows["labels"], trained, strict=True) if t]
+        cal = fit_platt(np.concatenate(fit_m), np.concatenate(fit_y),
+                        fitted_on=f"valid, trained tasks ({int(trained.sum())} prompts)")
         cal.save(model_dir)
         metrics.update({"calibration.slope": cal.slope, "calibration.intercept": cal.intercept})
         raw = np.clip(np.concatenate(probs), 1e-7, 1 - 1e-7)

@@ -49,7 +49,7 @@ def _promptify_in_process(ctx):
     from pipelines.stages import load_pipeline_tasks
 
     prep = ctx.inputs["prepare"]
-    prepared = PreparedData(prep / "member_rows", prep / "items_text.parquet", prep / "item_pools.parquet")
+    prepared = PreparedData.from_dir(prep)
     builder = PromptBuilder(str(ctx.inputs["tokenizer"] / "tokenizer"), prepared,
                             load_pipeline_tasks(ctx.cfg), ctx.cfg.promptify)
     table = pq.read_table(sorted(prepared.members_dir.glob("*.parquet")))

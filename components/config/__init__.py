@@ -154,10 +154,16 @@ class PromptifyConfig(StrictModel):
     questions_per_prompt: int = Field(8, ge=1, description="Training questions sharing one prefix.")
     negatives_per_positive: float = Field(2.0, ge=0.0, description="Training: logged negatives kept per positive.")
     sampled_negatives: int = Field(4, ge=0, description="Sampled negatives per prompt for tasks that sample.")
-    hard_negatives: bool = Field(True, description="Sample negatives among items shown on the same surface.")
+    negative_pool: Literal["catalogue", "impressions"] = Field(
+        "catalogue", description="Where sampled negatives come from. catalogue: per positive, "
+        "at its time, a live item created close to it (age-matched; items nobody touched yet "
+        "included). impressions: items shown in negative_window_days before the list's cutoff "
+        "(components/promptify/negatives.py).")
+    hard_negatives: bool = Field(True, description="impressions pool: sample among items shown "
+                                 "on the task's surface.")
     negative_window_days: float = Field(
-        3.0, gt=0, description="Sampled negatives are items shown in this many days before the "
-        "question (widened when too few): alive, fresh, exposure-weighted.")
+        3.0, gt=0, description="impressions pool: items shown in this many days before the "
+        "question (widened when too few).")
     max_prompts_per_member_task: int = Field(4, ge=1, description="Training prompts per (member, task).")
     negative_only_prompt_rate: float = Field(
         0.1, ge=0.0, le=1.0, description="Training: share of chunks without a positive that "
@@ -168,6 +174,12 @@ class PromptifyConfig(StrictModel):
     max_eval_candidates: int = Field(50, ge=2)
     blocks: int = Field(8, ge=1, description="Member partitions for the Ray Data job.")
     seed: int = 0
+    item_stats: bool = Field(
+        False, description="Verbalize as-of item statistics in candidate text: ratings and "
+        "mean rating from events strictly before the prompt's cutoff "
+        "(components/promptify/item_stats.py).")
+    item_stats_actions: list[str] = Field(
+        ["rate"], min_length=1, description="Actions counted by promptify.item_stats.")
 
 
 class TrainingConfig(StrictModel):

@@ -27,7 +27,12 @@ import pyarrow as pa
 
 from components.config import PromptifyConfig
 from components.promptify.budget import count_tokens, fit_to_budget
-from components.promptify.negatives import NegativeSampler, impression_pool
+from components.promptify.negatives import (
+    CatalogueSampler,
+    NegativeSampler,
+    catalogue_pool,
+    impression_pool,
+)
 from components.promptify.tasks import TaskSpec
 from components.promptify.verbalize import (
     STYLES,
@@ -61,14 +66,35 @@ def task_action_table(tasks: Sequence[TaskSpec]) -> pl.DataFrame:
     )
 
 
-def label_events(events: pl.DataFrame, tasks: Sequence[TaskSpec]) -> pl.DataFrame:
+def new_surfaces(tasks: Sequence[TaskSpec]) -> set[tuple[str, str]]:
+    """(item type, surface) pairs that only held-out tasks name: a zero-shot "new surface".
+
+    Every event there is kept out of trained tasks' learning labels, else a trained task
+    with ``surface: null`` (e.g. ``job_engage_any``) would teach exactly the held-out
+    task's labels under another instruction."""
+    trained = {(t.item_type, t.surface) for t in tasks if not t.held_out and t.surface}
+    return {(t.item_type, t.surface) for t in tasks
+            if t.held_out and t.surface and (t.item_type, t.surface) not in trained}
+
+
+def label_events(events: pl.DataFrame, tasks: Sequence[TaskSpec], keep_held_out_apart: bool = True,
+                 with_event_keys: bool = False) -> pl.DataFrame:
     """Every (event, task) pair the event answers, with its 0/1 label.
 
     ``events`` needs member_id, item_id, item_type, surface, action, timestamp, split and
     optionally value. Value-rule tasks (ratings) label by the rule, others by role.
+
+    ``keep_held_out_apart`` (default; the rule that makes zero-shot tasks unseen): outside
+    the test split, an event is not a label of any trained task when a held-out task
+    labels it positive, or when it lies on a (item type, surface) that only held-out tasks
+    name (:func:`new_surfaces`). The train split is what models learn from and the valid
+    split fits calibration and picks checkpoints, so neither may carry a held-out task's
+    answers; test lists stay as they are. A new action's *negatives* (e.g. feed views for
+    ``post_share_feed``) are the same impressions trained tasks rank and stay theirs.
+    ``with_event_keys`` adds ``surface, action`` (for checks on the labelled events).
     """
     table = task_action_table(tasks)
-    j = events.join(table, on=["item_type", "action"], how="inner").filter(
+    j = events.with_row_index("__ev").join(table, on=["item_type", "action"], how="inner").filter(
         pl.col("task_surface").is_null() | (pl.col("task_surface") == pl.col("surface"))
     )
     value = pl.col("value") if "value" in j.columns else pl.lit(None, dtype=pl.Float64)
@@ -78,9 +104,19 @@ def label_events(events: pl.DataFrame, tasks: Sequence[TaskSpec]) -> pl.DataFram
     )
     has_rule = pl.col("at_least").is_not_null() | pl.col("at_most").is_not_null()
     label = pl.when(has_rule).then(rule.fill_null(False)).otherwise(pl.col("role") == "pos")
-    return j.select(
-        "member_id", "task_id", "item_id", "timestamp", "split", label.cast(pl.Int8).alias("label")
-    )
+    j = j.with_columns(label.cast(pl.Int8).alias("label"))
+    held = [t.id for t in tasks if t.held_out]
+    if keep_held_out_apart and held:
+        answers = j.filter(pl.col("task_id").is_in(held) & (pl.col("label") == 1)).select("__ev").unique()
+        fresh = new_surfaces(tasks)
+        on_new = pl.lit(False)
+        for itype, surface in fresh:
+            on_new = on_new | ((pl.col("item_type") == itype) & (pl.col("surface") == surface))
+        j = j.with_columns(pl.col("__ev").is_in(answers["__ev"].implode()).alias("__answer"))
+        j = j.filter(pl.col("task_id").is_in(held) | (pl.col("split") == "test")
+                     | ~(pl.col("__answer") | on_new))
+    keys = ["surface", "action"] if with_event_keys else []
+    return j.select("member_id", "task_id", "item_id", "timestamp", "split", *keys, "label")
 
 
 @dataclass(frozen=True)
@@ -89,7 +125,16 @@ class PreparedData:
 
     members_dir: Path      # member rows with list columns (input of the Ray Data job)
     items_text: Path       # item_id, item_type, full_<style>
-    item_pools: Path       # impressions: item_id, item_type, surface, timestamp
+    item_pools: Path       # negatives' pool: the catalogue or the impressions (negatives.py)
+    item_events: Path | None = None  # events behind as-of item statistics (item_stats.py)
+
+    @classmethod
+    def from_dir(cls, out_dir: Path) -> PreparedData:
+        """The outputs :func:`prepare_member_table` wrote under ``out_dir``."""
+        out_dir = Path(out_dir)
+        events = out_dir / "item_events.parquet"
+        return cls(out_dir / "member_rows", out_dir / "items_text.parquet", out_dir / "item_pools.parquet",
+                   events if events.exists() else None)
 
 
 def example_accounting(examples: pl.LazyFrame | pl.DataFrame, prepare_stats: dict[str, float]) -> dict[str, float]:
@@ -151,6 +196,7 @@ def prepare_member_table(
         *[pl.col(f"line_{s}").alias(f"hist_{s}") for s in STYLES],
     )
     labeled = label_events(inter, tasks)
+    kept_apart = label_events(inter, tasks, keep_held_out_apart=False).height - labeled.height
     if relabel is not None:
         labeled = relabel(labeled, members, items)
     labeled = labeled.sort(["member_id", "task_id", "timestamp", "item_id"])
@@ -176,10 +222,15 @@ def prepare_member_table(
             part.write_parquet(mdir / f"part-{b:05d}.parquet")
     itext_path = out_dir / "items_text.parquet"
     itext.select("item_id", "item_type", *[f"full_{s}" for s in STYLES]).write_parquet(itext_path)
-    # negatives are drawn from what was being shown before each question (see negatives.py)
-    pools = impression_pool(inter, items)
+    # the pool sampled negatives come from (see negatives.py)
+    pools = catalogue_pool(items, inter) if cfg.negative_pool == "catalogue" else impression_pool(inter, items)
     pools_path = out_dir / "item_pools.parquet"
     pools.write_parquet(pools_path)
+    events_path = None
+    if cfg.item_stats:
+        events_path = out_dir / "item_events.parquet"
+        inter.select("member_id", "item_id", "action", "timestamp",
+                     *(["value"] if "value" in inter.columns else [])).write_parquet(events_path)
     held = {t.id for t in tasks if t.held_out}
     stats = {
         "prepare.members_in": float(members.height),
@@ -189,11 +240,13 @@ def prepare_member_table(
         "prepare.history_events": float(hist.height),
         "prepare.history_excluded_events": float(inter.height - hist.height),
         "prepare.labeled_events": float(labeled.height),
+        # events a held-out task answers, kept out of trained tasks' train/valid labels
+        "prepare.labels_kept_apart_for_zero_shot": float(kept_apart),
         "prepare.labeled_events_held_out_train": float(
             labeled.filter((pl.col("split") == "train") & pl.col("task_id").is_in(list(held))).height
         ),
     }
-    return PreparedData(mdir, itext_path, pools_path), stats
+    return PreparedData(mdir, itext_path, pools_path, events_path), stats
 
 
 OUTPUT_SCHEMA = pa.schema([
@@ -239,7 +292,16 @@ class PromptBuilder:
         it = pl.read_parquet(prepared.items_text)
         self.item_type = dict(zip(it["item_id"], it["item_type"], strict=True))
         self.item_text = {s: dict(zip(it["item_id"], it[f"full_{s}"], strict=True)) for s in STYLES}
-        self.negatives = NegativeSampler.from_parquet(prepared.item_pools, cfg.negative_window_days)
+        self.negatives = (CatalogueSampler.from_parquet(prepared.item_pools) if cfg.negative_pool == "catalogue"
+                          else NegativeSampler.from_parquet(prepared.item_pools, cfg.negative_window_days))
+        self.item_stats = None
+        if cfg.item_stats:
+            from components.promptify.item_stats import ItemStatsAsOf
+
+            if prepared.item_events is None:
+                raise ValueError("promptify.item_stats is on but the prepare stage wrote no item "
+                                 "events: rerun prepare with the same promptify config")
+            self.item_stats = ItemStatsAsOf.from_parquet(prepared.item_events, cfg.item_stats_actions)
 
     # ------------------------------------------------------------------ one member
     def _member_examples(self, row: dict) -> list[dict]:
@@ -301,9 +363,13 @@ class PromptBuilder:
         cutoff_us = int(cutoff.timestamp() * 1e6)
         n_sampled = 0
         if task.negatives != "logged" and cfg.sampled_negatives:
-            neg = self.negatives.sample(
-                rng, task.item_type, task.surface if cfg.hard_negatives else None,
-                cutoff_us, seen_items | set(items), cfg.sampled_negatives)
+            if isinstance(self.negatives, CatalogueSampler):
+                neg = self.negatives.sample(rng, task.item_type, self._anchors(chunk, row, items, labels),
+                                            seen_items | set(items), cfg.sampled_negatives)
+            else:
+                neg = self.negatives.sample(
+                    rng, task.item_type, task.surface if cfg.hard_negatives else None,
+                    cutoff_us, seen_items | set(items), cfg.sampled_negatives)
             items, labels = items + neg, labels + [0] * len(neg)
             n_sampled = len(neg)
         style = str(rng.choice(cfg.styles)) if split == "train" else cfg.eval_style
@@ -312,7 +378,8 @@ class PromptBuilder:
             history_cache[(style, n_prior)] = self.history_section(
                 row, style, n_prior, hist_action, token_cache)
         history, kept, used = history_cache[(style, n_prior)]
-        pieces = PromptPieces(task.instruction, row[f"profile_{style}"] or "", (), (), task.question)
+        pieces = PromptPieces(task.instruction, row[f"profile_{style}"] or "", (), (), task.question,
+                              today=cutoff.strftime("%Y-%m-%d"))
         prefix = render_prefix(pieces, history, style)
         return {
             "example_id": f"{mid}:{task_id}:{split}:{qi}",
@@ -324,7 +391,7 @@ class PromptBuilder:
             "style": style,
             "prefix": prefix,
             "candidates": [
-                render_candidate(self.item_text[style].get(it, it), self.item_type.get(it, task.item_type), style)
+                render_candidate(self._item_text(it, style, cutoff_us), self.item_type.get(it, task.item_type), style)
                 for it in items
             ],
             "candidate_item_ids": items,
@@ -367,6 +434,24 @@ class PromptBuilder:
             capped = sum(len(c) for i, (c, _) in enumerate(kept) if i not in pick)
             kept = [x for i, x in enumerate(kept) if i in pick]
         return [c for c, _ in kept], capped, dropped
+
+    def _item_text(self, item_id: str, style: str, cutoff_us: int) -> str:
+        """A candidate's text; with ``item_stats``, plus its statistics strictly before the cutoff."""
+        text = self.item_text[style].get(item_id, item_id)
+        if self.item_stats is not None:
+            text += self.item_stats.render(item_id, cutoff_us, style)
+        return text
+
+    @staticmethod
+    def _anchors(chunk: list[int], row: dict, items: list[str], labels: list[int]) -> list[tuple[int, str]]:
+        """(time in µs, item) of the positives' first events in ``chunk`` (all questions'
+        when none is positive): the times and items sampled negatives are matched to."""
+        first: dict[str, int] = {}
+        for i in chunk:
+            it, t = row["cand_item"][i], int(row["cand_time"][i].timestamp() * 1e6)
+            first[it] = min(first.get(it, t), t)
+        pos = [it for it, y in zip(items, labels, strict=True) if y == 1] or items
+        return [(first[it], it) for it in pos if it in first]
 
     def _dedupe(self, chunk: list[int], row: dict) -> tuple[list[str], list[int], int, int]:
         """One question per item (positive if any of its events is), at most

@@ -10,7 +10,7 @@ identical, which is what the scores' calibration depends on.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
@@ -72,7 +72,9 @@ def build_request_prompt(
         return render_history(lines[n - k:] if k else [], actions[n - k:] if k else [], style)
 
     kept, _ = fit_to_budget(tokens, history_token_budget, render, tokenizer)
-    prefix = render_prefix(PromptPieces(instruction, profile_text, (), (), question), render(kept), style)
+    today = (now or datetime.now(UTC)).strftime("%Y-%m-%d")
+    prefix = render_prefix(PromptPieces(instruction, profile_text, (), (), question, today=today),
+                           render(kept), style)
     by_id = dict(zip(itext["item_id"], itext[f"full_{style}"], strict=True))
     segments = [
         render_candidate(by_id[str(c["item_id"])], str(c.get("item_type", "item")), style)

@@ -29,7 +29,13 @@ TRUNCATION_MARKER = " [...]"
 
 # Columns that are bookkeeping, not something a member or item "says".
 MEMBER_SKIP = {"member_id", "joined_at", "first_seen_at", "cold"}
-ITEM_SKIP = {"item_id", "item_type", "created_at", "first_seen_at", "cold", "release_date"}
+# ``created_at`` is shown (as "posted"): with today's date in the prefix, the model reads an
+# item's age and time to expiry as the feature baselines read them (equal information).
+ITEM_SKIP = {"item_id", "item_type", "first_seen_at", "cold", "release_date"}
+#: Display names of fields whose column name reads badly.
+FIELD_LABELS = {"created_at": "posted", "expires_at": "expires"}
+#: Item dates: in the candidate's full text, not in the short text of history lines.
+DATE_FIELDS = {"created_at", "expires_at"}
 
 #: How an action reads in a sentence; ``{value}`` is the event's value (e.g. a rating).
 VERBS = {
@@ -49,7 +55,7 @@ VERBS = {
 
 
 def _label(col: str) -> str:
-    return col.replace("_", " ").capitalize()
+    return FIELD_LABELS.get(col, col).replace("_", " ").capitalize()
 
 
 def _text_expr(col: str, dtype: pl.DataType, max_words: int) -> pl.Expr:
@@ -85,7 +91,7 @@ def _fields_expr(df: pl.DataFrame, cols: Sequence[str], style: str, max_words: i
         if style == "markdown":
             piece = pl.lit(f"- {_label(col)}: ") + value
         elif style == "compact":
-            piece = pl.lit(f"{col}=") + value
+            piece = pl.lit(f"{FIELD_LABELS.get(col, col)}=") + value
         else:
             piece = pl.lit(f"{_label(col).lower()}: ") + value
         parts.append(pl.when(value.is_not_null() & (value != "")).then(piece))
@@ -100,7 +106,7 @@ def item_texts(items: pl.DataFrame, max_field_words: int = 40, short_fields: int
     Returns ``item_id, item_type`` plus ``full_<style>`` and ``short_<style>`` columns.
     """
     cols = text_columns(items, ITEM_SKIP)
-    short_cols = cols[:short_fields]
+    short_cols = [c for c in cols if c not in DATE_FIELDS][:short_fields]
     out = [pl.col("item_id"), pl.col("item_type")]
     for style in STYLES:
         out.append(_fields_expr(items, cols, style, max_field_words).alias(f"full_{style}"))
@@ -156,6 +162,7 @@ class PromptPieces:
     history: Sequence[str]          # chronological lines, oldest first
     history_actions: Sequence[str]  # the action of each line (for grouping)
     question: str
+    today: str = ""                 # the cutoff date (YYYY-MM-DD): items' dates are read against it
 
 
 def render_history(lines: Sequence[str], actions: Sequence[str], style: str) -> str:
@@ -174,14 +181,18 @@ def render_history(lines: Sequence[str], actions: Sequence[str], style: str) -> 
 
 
 def render_prefix(p: PromptPieces, history_body: str, style: str) -> str:
-    """The shared prefix: instruction, profile, history, question (candidates follow)."""
+    """The shared prefix: instruction, today's date, profile, history, question
+    (candidates follow)."""
     if style == "markdown":
-        return (f"## Instruction\n{p.instruction}\n\n## Member profile\n{p.profile}\n\n"
+        today = f"Today: {p.today}\n\n" if p.today else ""
+        return (f"## Instruction\n{p.instruction}\n\n{today}## Member profile\n{p.profile}\n\n"
                 f"## Past activity\n{history_body}\n\n## Question\n{p.question}\n")
     if style == "compact":
-        return (f"instruction: {p.instruction}\nmember: {p.profile}\nhistory:\n{history_body}\n"
+        today = f"today: {p.today}\n" if p.today else ""
+        return (f"instruction: {p.instruction}\n{today}member: {p.profile}\nhistory:\n{history_body}\n"
                 f"question: {p.question}\n")
-    return (f"{p.instruction}\n\nAbout the member: {p.profile}.\n\n{history_body}\n\n"
+    today = f"Today is {p.today}. " if p.today else ""
+    return (f"{p.instruction}\n\n{today}About the member: {p.profile}.\n\n{history_body}\n\n"
             f"{p.question}\n")
 
 
