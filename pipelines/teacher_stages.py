@@ -149,6 +149,10 @@ def validation_report(ctx: StageContext, model_dir: Path, limit: int,
             metrics[f"valid_task_auc.{task}"] = a
     # nan (not absent) when no task had both classes: the run still shows the metric
     metrics["valid_task_auc_mean"] = float(np.mean(list(aucs.values()))) if aucs else math.nan
+    held = set(rows.filter(pl.col("held_out").fill_null(False))["task_id"].unique().to_list()) if rows.height else set()
+    for name, keep in (("trained", lambda t: t not in held), ("held_out", lambda t: t in held)):
+        part = [a for t, a in aucs.items() if keep(t)]
+        metrics[f"valid_task_auc_mean.{name}"] = float(np.mean(part)) if part else math.nan
     allp = np.clip(np.concatenate([np.asarray(p, dtype=np.float64) for p in probs]), 1e-7, 1 - 1e-7)
     ally = np.concatenate([np.asarray(y, dtype=np.float64) for y in rows["labels"]])
     metrics["valid_log_loss"] = float(-np.mean(ally * np.log(allp) + (1 - ally) * np.log(1 - allp)))
