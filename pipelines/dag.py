@@ -9,7 +9,10 @@ Design (see docs/pipelines.md):
   independent branches in parallel. (Ray Workflows is gone and ``DAGNode.execute()`` is
   deprecated in Ray 2.60; plain tasks + ObjectRefs are the stable core API.)
 * A stage's output is a directory ``<work_dir>/artifacts/<stage>/<key>`` where
-  ``key = hash(stage, its config sections, upstream keys, external-input fingerprint)``.
+  ``key = hash(stage, its config sections, its code, upstream keys, external-input
+  fingerprint)``; "its code" is the contents of the stage function's module and of the
+  modules and packages the stage declares in ``Stage.code``, so changed code never reuses
+  an artifact that older code built.
   The directory is built under a temporary name and renamed when the stage succeeds,
   so a crashed stage leaves no half-written artifact: the rerun skips every finished
   stage (and says so) and resumes at the one that failed.
@@ -21,6 +24,10 @@ Design (see docs/pipelines.md):
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -89,9 +96,15 @@ class Stage:
     fingerprint: Callable[[PipelineConfig], str] | None = None
     num_cpus: float = 1.0
     description: str = ""
-    #: Bump when the stage's code changes what it writes: the cache key includes it, so
-    #: old artifacts are not reused by new code (the git sha would invalidate everything
-    #: on every commit).
+    #: Dotted names of the modules and packages (a package: all its ``.py`` files) whose
+    #: code changes this stage's output, besides the stage function's own module, which is
+    #: always hashed. Their file contents are part of the cache key (see
+    #: :func:`code_files`). Declare what the stage imports, transitively; config modules
+    #: need not be listed (the config values are in the key already).
+    code: tuple[str, ...] = ()
+    #: Bump when something that is not code (nor config, nor an upstream artifact) changes
+    #: what the stage writes. Code is covered by ``code``; the git sha is not used (it
+    #: would invalidate everything on every commit).
     version: str = "1"
 
 
@@ -162,12 +175,65 @@ def select_config(cfg: PipelineConfig, keys: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def stage_key(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, str]) -> str:
-    """hash(stage name and version, its config sections, upstream keys, external fingerprint)."""
+def _function_source_file(fn: Callable[..., Any]) -> tuple[str, Path | None]:
+    """(module name, source file) of a stage function (partials and wrappers unwrapped)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    fn = inspect.unwrap(fn)
+    try:
+        source = inspect.getsourcefile(fn)
+    except TypeError:  # a builtin or a callable object without a source file
+        source = None
+    return getattr(fn, "__module__", None) or "<unknown>", Path(source) if source else None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def code_files(stage: Stage) -> dict[str, str]:
+    """``{file label: sha256 of its contents}`` for the code behind ``stage``: the stage
+    function's module plus every module and package (all ``.py`` files below it) named in
+    ``stage.code``. Exact contents, not mtimes: a checkout or ``touch`` changes nothing,
+    any edit (comments included) reruns the stage. Labels are module-relative, so the same
+    code in another checkout gives the same key.
+
+    Raises ``ValueError`` naming the stage when a declared name cannot be found."""
+    module, source = _function_source_file(stage.run)
+    out: dict[str, str] = {}
+    if source is not None and source.is_file():
+        out[f"{module} (stage module)"] = _sha256(source)
+    for name in stage.code:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            raise ValueError(
+                f"stage '{stage.name}': code dependency '{name}' is not an importable module or "
+                f"package; fix the name in its Stage(code=...) (dotted, e.g. 'components.data')")
+        if spec.submodule_search_locations is not None:  # a package, namespace or regular
+            for root in sorted({Path(p) for p in spec.submodule_search_locations}):
+                for f in sorted(root.rglob("*.py")):
+                    if "__pycache__" not in f.parts:
+                        out[f"{name}/{f.relative_to(root).as_posix()}"] = _sha256(f)
+        elif spec.origin and Path(spec.origin).is_file():
+            out[name] = _sha256(Path(spec.origin))
+        else:
+            raise ValueError(f"stage '{stage.name}': code dependency '{name}' has no source file "
+                             f"({spec.origin}); declare Python source modules only")
+    return dict(sorted(out.items()))
+
+
+def stage_key(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, str],
+              code: Mapping[str, str] | None = None) -> str:
+    """hash(stage name and version, its config sections, its code, upstream keys, external
+    fingerprint). ``code`` is :func:`code_files` of the stage, computed when not given."""
     payload = {
         "stage": stage.name,
         "version": stage.version,
         "config": select_config(cfg, stage.config_keys),
+        "code": config_hash(dict(code if code is not None else code_files(stage))),
         "inputs": dict(sorted(upstream.items())),
         "external": stage.fingerprint(cfg) if stage.fingerprint else None,
     }
@@ -196,13 +262,19 @@ class RunInfo:
     parent_run_id: str | None
     tags: dict[str, str]
     force: frozenset[str] = frozenset()
+    #: :func:`code_files` per stage, read once by the driver (one snapshot of the code for
+    #: the whole run); a stage missing here hashes its code where it runs.
+    code: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def execute_stage(stage: Stage, cfg: PipelineConfig, info: RunInfo, *upstream: StageResult) -> StageResult:
     """Run one stage, or reuse its artifact; usable with or without Ray."""
     t0 = time.perf_counter()
     inputs = {r.name: r.path for r in upstream}
-    key = stage_key(stage, cfg, {r.name: r.key for r in upstream})
+    code = info.code.get(stage.name)
+    if code is None:
+        code = code_files(stage)
+    key = stage_key(stage, cfg, {r.name: r.key for r in upstream}, code)
     final = info.artifacts_root / stage.name / key
     manifest_path = final / MANIFEST
     cached = manifest_path.exists() and stage.name not in info.force
@@ -236,6 +308,7 @@ def execute_stage(stage: Stage, cfg: PipelineConfig, info: RunInfo, *upstream: S
                 "key": key,
                 "inputs": {r.name: str(r.path) for r in upstream},
                 "config": select_config(cfg, stage.config_keys),
+                "code": code,
                 "metrics": metrics,
                 "seconds": time.perf_counter() - t0,
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -337,6 +410,9 @@ def run_pipeline(
                 needed.update(pipeline.stages[n].deps)
         selected = [n for n in pipeline.order if n in needed]
 
+    # read on the driver, before any stage starts: a bad declaration fails here, and every
+    # stage of the run is keyed by the same snapshot of the code
+    code = {name: code_files(pipeline.stages[name]) for name in selected}
     env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
     started_ray = _ray_init(cfg, env)
     parent = mlflow.start_run(experiment_id=exp_id, run_name=f"{cfg.run.name}-{profile}",
@@ -350,6 +426,7 @@ def run_pipeline(
             parent_run_id=parent.info.run_id,
             tags=tags,
             force=frozenset(pipeline.downstream_of(force)),
+            code=code,
         )
         remote = ray.remote(execute_stage)
         refs: dict[str, Any] = {}

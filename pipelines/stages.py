@@ -223,24 +223,32 @@ def promptify(ctx: StageContext) -> dict[str, float]:
     return metrics
 
 
+# ``code``: the modules and packages (besides this module) whose code changes a stage's
+# output; their contents are in its cache key (docs/pipelines.md). Over-declaring what an
+# upstream stage already declares costs nothing (its key changes anyway, and so do the
+# keys after it); forgetting a module reuses stale artifacts.
+DATA_CODE = ("components.data",)
+PROMPT_CODE = ("components.promptify", "components.data")
+
 DATA_STAGES = (
     Stage("ingest", ingest, config_keys=("data",), fingerprint=_source_fingerprint,
-          description="source -> canonical Parquet tables"),
-    Stage("validate", validate, deps=("ingest",),
+          code=DATA_CODE, description="source -> canonical Parquet tables"),
+    Stage("validate", validate, deps=("ingest",), code=DATA_CODE,
           description="schema checks, quarantine with reasons, row accounting"),
     Stage("split", split, deps=("validate",), config_keys=("split",), version="2",
-          description="temporal train/valid/test split, cold members/items"),
+          code=DATA_CODE, description="temporal train/valid/test split, cold members/items"),
 )
 
 
 PROMPT_STAGES = (
     Stage("prepare", prepare, deps=("split",), config_keys=("promptify",),
-          fingerprint=_tasks_fingerprint,
+          fingerprint=_tasks_fingerprint, code=PROMPT_CODE,
           description="label events per task, verbalize events/items (Polars)"),
     Stage("tokenizer", tokenizer, deps=("prepare",), config_keys=("tokenizer",),
-          description="train a byte-level BPE on the corpus (or load a local one)"),
+          code=PROMPT_CODE, description="train a byte-level BPE on the corpus (or load a local one)"),
     Stage("promptify", promptify, deps=("prepare", "tokenizer"), config_keys=("promptify",),
           fingerprint=_tasks_fingerprint, num_cpus=0, version="2",
+          code=(*PROMPT_CODE, "pipelines.promptify_job"),
           description="Ray Data: member rows -> prompts, candidates, labels"),
 )
 

@@ -129,8 +129,12 @@ def validation_report(ctx: StageContext, model_dir: Path, limit: int,
         fit_y = [np.asarray(y, dtype=np.float64) for y, t in zip(rows["labels"], trained, strict=True) if t]
         cal = fit_platt(np.concatenate(fit_m), np.concatenate(fit_y),
                         fitted_on=f"valid, trained tasks ({int(trained.sum())} prompts)")
-        cal.save(model_dir)
-        metrics.update({"calibration.slope": cal.slope, "calibration.intercept": cal.intercept})
+        ctx.log_artifact(cal.save(model_dir))
+        # a refused fit is saved as the identity: say so where people look (console, MLflow)
+        ctx.log(f"calibration {cal.status}: slope {cal.slope:.4g}, intercept {cal.intercept:.4g}"
+                + (f" ({cal.reason})" if cal.reason else ""))
+        metrics.update({"calibration.slope": cal.slope, "calibration.intercept": cal.intercept,
+                        "calibration.fitted": float(cal.status == "fitted")})
         raw = np.clip(np.concatenate(probs), 1e-7, 1 - 1e-7)
         metrics["valid_log_loss_uncalibrated"] = float(
             -np.mean(labels * np.log(raw) + (1 - labels) * np.log(1 - raw)))
@@ -216,14 +220,19 @@ def _log_teacher(ctx: StageContext) -> None:
 
 TRAIN_KEYS = ("model", "train.num_workers", "train.data", "train.use_gpu")
 
+# the code whose changes change a teacher stage's output (in its cache key, docs/pipelines.md)
+TEACHER_CODE = ("components.model", "components.train", "components.promptify.tokenizer",
+                "components.evaluate.report", "components.evaluate.metrics", "pipelines.train_job")
+
 TEACHER_STAGES = (
-    Stage("cpt", cpt, deps=("split", "prepare", "tokenizer"),
+    Stage("cpt", cpt, deps=("split", "prepare", "tokenizer"), code=TEACHER_CODE,
           config_keys=(*TRAIN_KEYS, "train.cpt"), num_cpus=0,
           description="Ray Train FSDP2: continued pre-training on member histories"),
-    Stage("sft", sft, deps=("promptify", "tokenizer", "cpt"),
+    Stage("sft", sft, deps=("promptify", "tokenizer", "cpt"), code=TEACHER_CODE,
           config_keys=(*TRAIN_KEYS, "train.sft"), num_cpus=0,
           description="Ray Train FSDP2: answer-token SFT on promptified examples"),
     Stage("align", align, deps=("promptify", "tokenizer", "sft"),
+          code=(*TEACHER_CODE, "pipelines.registry"),
           config_keys=(*TRAIN_KEYS, "train.align", "train.registered_model_name",
                        "train.calibrate"), num_cpus=0,
           description="Ray Train FSDP2: pairwise ranking alignment -> registered teacher"),

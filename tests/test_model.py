@@ -309,17 +309,75 @@ def test_save_load_round_trip(tmp_path, tokenizer):
     assert via_config.config.model_type == "mixtral"
 
 
-def test_platt_fit_recovers_the_map_and_the_engine_applies_it(tmp_path, tokenizer):
-    from components.model.calibration import CALIBRATION_FILE, Calibration, fit_platt
+def test_platt_fit_recovers_a_known_map():
+    import warnings
+
+    from components.model.calibration import fit_platt
 
     rng = np.random.default_rng(0)
     m = rng.normal(0, 2, 20_000)
     y = (rng.random(m.size) < 1 / (1 + np.exp(-(0.5 * m - 1.5)))).astype(float)
-    cal = fit_platt(m, y, fitted_on="synthetic")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a good fit warns about nothing
+        cal = fit_platt(m, y, fitted_on="synthetic")
+    assert cal.status == "fitted" and cal.reason == ""
     assert cal.slope == pytest.approx(0.5, abs=0.03) and cal.intercept == pytest.approx(-1.5, abs=0.06)
-    assert fit_platt(np.zeros(10), np.r_[np.ones(5), np.zeros(5)]).intercept == pytest.approx(0, abs=1e-6)
+    assert (cal.n, cal.positive_rate, cal.fitted_on) == (m.size, pytest.approx(y.mean()), "synthetic")
+    # separable but moderate: a finite fit, better than the raw P(yes) on its data
+    sep = np.r_[rng.normal(-3, 1, 50), rng.normal(3, 1, 50)]
+    lab = np.r_[np.zeros(50), np.ones(50)]
+    cal = fit_platt(sep, lab)
+    assert cal.status == "fitted" and 0 < cal.slope < 50 and abs(cal.intercept) < 50
     with pytest.raises(ValueError, match="0/1"):
         fit_platt(m[:3], np.array([0, 2, 1]))
+    with pytest.raises(ValueError, match="need the same"):
+        fit_platt(m[:3], y[:2])
+    with pytest.raises(ValueError, match="not finite"):
+        fit_platt(np.array([0.0, np.inf]), np.array([0, 1]))
+
+
+@pytest.mark.parametrize("case", ["diverging", "huge_separable", "constant_labels",
+                                  "constant_margins", "tiny"])
+def test_platt_fit_that_would_explode_falls_back_to_the_identity(case, tmp_path):
+    from components.model.calibration import Calibration, CalibrationWarning, fit_platt
+
+    rng = np.random.default_rng(1)
+    m, y = {
+        # every margin high and positives barely above the negatives: the old Newton loop
+        # went to slope ~1,486, intercept ~1.4e8 here, every calibrated P(yes) 1.000
+        "diverging": (np.r_[rng.uniform(10, 10.2, 30), rng.uniform(10.3, 10.5, 5)],
+                      np.r_[np.zeros(30), np.ones(5)]),
+        "huge_separable": (np.r_[rng.uniform(-500, -400, 50), rng.uniform(400, 500, 50)],
+                           np.r_[np.zeros(50), np.ones(50)]),
+        "constant_labels": (rng.normal(0, 1, 10), np.ones(10)),
+        "constant_margins": (np.full(10, 0.3), np.r_[np.ones(5), np.zeros(5)]),
+        "tiny": (np.array([-1.0, 1.0]), np.array([0.0, 1.0])),
+    }[case]
+    with pytest.warns(CalibrationWarning, match="identity"):
+        cal = fit_platt(m, y, fitted_on=case)
+    assert (cal.slope, cal.intercept, cal.status) == (1.0, 0.0, "identity")
+    assert cal.reason and cal.n == m.size and cal.fitted_on == case
+    np.testing.assert_allclose(cal.apply(m), 1 / (1 + np.exp(-m)), rtol=1e-6, atol=1e-30)  # raw P(yes)
+    cal.save(tmp_path)
+    assert Calibration.load(tmp_path) == cal  # the status and reason travel with the model
+
+
+def test_calibration_files_old_and_absurd(tmp_path):
+    import json
+
+    from components.model.calibration import CALIBRATION_FILE, Calibration, CalibrationWarning
+
+    path = tmp_path / CALIBRATION_FILE
+    path.write_text(json.dumps({"slope": 0.5, "intercept": -1.0, "n": 10, "positive_rate": 0.2,
+                                "fitted_on": "valid"}))  # written before status / reason
+    assert Calibration.load(tmp_path) == Calibration(0.5, -1.0, 10, 0.2, "valid", "fitted", "")
+    path.write_text(json.dumps({"slope": 1937.7, "intercept": 456521739.0}))  # the old divergence
+    with pytest.warns(CalibrationWarning, match="outside"):
+        assert Calibration.load(tmp_path) is None  # scored uncalibrated, loudly
+
+
+def test_platt_calibration_is_applied_by_the_engine(tmp_path, tokenizer):
+    from components.model.calibration import CALIBRATION_FILE, Calibration
 
     model = small_model("dense", seed=5, vocab=len(tokenizer))
     out = save_model(model, tokenizer, tmp_path / "m")
