@@ -19,10 +19,13 @@ import math
 import shutil
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components.config import PipelineConfig
 from pipelines.dag import Stage, StageContext
+
+if TYPE_CHECKING:
+    from components.evaluate.gate import GateResult
 
 MODEL_DIR = "model"
 
@@ -110,7 +113,7 @@ def validation_report(ctx: StageContext, model_dir: Path, limit: int,
 
     examples = ctx.inputs["promptify"] / "examples"
     rows = read_examples(examples, "valid", include_held_out=True, limit=None)
-    cols = ["example_id", "task_id", "held_out"]
+    cols = ["example_id", "task_id", "held_out", "member_id", "cutoff", "candidate_item_ids"]
     rows = rows.drop([c for c in cols[1:] if c in rows.columns]).join(
         pl.read_parquet(examples, columns=cols), on="example_id", how="left")
     rows = rows.sample(n=min(limit, rows.height), seed=0) if rows.height else rows
@@ -163,7 +166,36 @@ def validation_report(ctx: StageContext, model_dir: Path, limit: int,
     metrics["valid_mean_p_yes"] = float(allp.mean())
     metrics["valid_positive_rate"] = float(ally.mean())
     (ctx.out_dir / "valid_report.json").write_text(json.dumps(metrics, indent=1))
+    # the scored rows, for the popularity gate and for anyone checking these numbers
+    rows.drop("prefix", "candidates").with_columns(
+        pl.Series("probs", [np.asarray(p, dtype=np.float64) for p in probs], dtype=pl.List(pl.Float64))
+    ).write_parquet(ctx.out_dir / VALID_SCORES)
     return metrics
+
+
+VALID_SCORES = "valid_scores.parquet"
+
+
+def gate_against_popularity(ctx: StageContext) -> GateResult:
+    """The popularity gate (components/evaluate/gate.py) on the validation rows the align
+    stage scored: said on the console, returned for MLflow and the registry."""
+    import polars as pl
+
+    from components.evaluate.baselines import BaselineConfig, BaselineData
+    from components.evaluate.gate import popularity_gate
+    from pipelines.eval_stage import steering_relabel_hook
+    from pipelines.stages import load_pipeline_tasks
+
+    rows = pl.read_parquet(ctx.out_dir / VALID_SCORES)
+    tasks = load_pipeline_tasks(ctx.cfg)
+    p = ctx.cfg.promptify
+    cfg = BaselineConfig(seed=ctx.cfg.evaluate.seed, sampled_negatives=p.sampled_negatives,
+                         negative_pool=p.negative_pool, hard_negatives=p.hard_negatives,
+                         negative_window_days=p.negative_window_days)
+    res = popularity_gate(rows["probs"].to_list(), rows, BaselineData.from_split_dir(ctx.inputs["split"]),
+                          tasks, cfg, relabel=steering_relabel_hook(ctx.cfg, tasks))
+    ctx.log(("" if res.passed else "WARNING: ") + res.line())
+    return res
 
 
 def cpt(ctx: StageContext) -> dict[str, float]:
@@ -190,22 +222,28 @@ def align(ctx: StageContext) -> dict[str, float]:
     metrics.update(validation_report(ctx, ctx.out_dir / MODEL_DIR,
                                      ctx.cfg.train.data.max_valid_prompts or 200,
                                      calibrate=ctx.cfg.train.calibrate))
+    gate = gate_against_popularity(ctx)
+    metrics.update(gate.as_metrics())
     sft_report = ctx.inputs["sft"] / "valid_report.json"
     if sft_report.exists():  # what alignment changed, as deltas next to the values
         before = json.loads(sft_report.read_text())
         for k in ("valid_task_auc_mean", "valid_log_loss"):
             if k in before and k in metrics:
                 metrics[f"delta_vs_sft.{k}"] = metrics[k] - before[k]
-    _log_teacher(ctx)
+    _log_teacher(ctx, gate)
     return metrics
 
 
-def _log_teacher(ctx: StageContext) -> None:
+def _log_teacher(ctx: StageContext, gate: GateResult) -> None:
     """Log the teacher as an MLflow pyfunc model (weights + tokenizer as its artifact) and
-    register it, so ``models:/rankbrew-teacher/<version>`` loads a scorer anywhere."""
+    register it, so ``models:/rankbrew-teacher/<version>`` loads a scorer anywhere. Only a
+    teacher that passed the popularity gate gets the ``champion`` alias; every version
+    carries the gate's verdict as a tag."""
     if ctx.mlflow_run_id is None:
         return
     import mlflow
+
+    mlflow.set_tag("rankbrew.gate", gate.verdict)
 
     from pipelines.registry import TeacherScorer, pip_requirements
 
@@ -215,8 +253,18 @@ def _log_teacher(ctx: StageContext) -> None:
         artifacts={"model": str(ctx.out_dir / MODEL_DIR)},
         pip_requirements=pip_requirements(), registered_model_name=name or None)
     if name:
-        ctx.log(f"registered {name} version {info.registered_model_version} ({info.model_uri})")
+        version = info.registered_model_version
+        client = mlflow.MlflowClient()
+        client.set_model_version_tag(name, str(version), "gate", gate.verdict)
+        if gate.passed:
+            client.set_registered_model_alias(name, CHAMPION, str(version))
+            ctx.log(f"registered {name} version {version} ({info.model_uri}), alias '{CHAMPION}'")
+        else:
+            ctx.log(f"registered {name} version {version} ({info.model_uri}) WITHOUT the '{CHAMPION}' "
+                    f"alias: {gate.verdict} on validation")
 
+
+CHAMPION = "champion"
 
 TRAIN_KEYS = ("model", "train.num_workers", "train.data", "train.use_gpu")
 
@@ -231,8 +279,8 @@ TEACHER_STAGES = (
     Stage("sft", sft, deps=("promptify", "tokenizer", "cpt"), code=TEACHER_CODE,
           config_keys=(*TRAIN_KEYS, "train.sft"), num_cpus=0,
           description="Ray Train FSDP2: answer-token SFT on promptified examples"),
-    Stage("align", align, deps=("promptify", "tokenizer", "sft"),
-          code=(*TEACHER_CODE, "pipelines.registry"),
+    Stage("align", align, deps=("split", "promptify", "tokenizer", "sft"),
+          code=(*TEACHER_CODE, "pipelines.registry", "components.evaluate", "pipelines.eval_stage"),
           config_keys=(*TRAIN_KEYS, "train.align", "train.registered_model_name",
                        "train.calibrate"), num_cpus=0,
           description="Ray Train FSDP2: pairwise ranking alignment -> registered teacher"),

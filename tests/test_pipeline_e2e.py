@@ -111,6 +111,12 @@ def test_synthetic_pipeline_then_cache_hit(ray_local, tmp_path):
         assert f"{where + '/' if where else ''}summary.md" in logged
     versions = mlflow.tracking.MlflowClient().search_model_versions("name='rankbrew-teacher'")
     assert [v.run_id for v in versions] == [by_stage["align"].info.run_id]
+    # the popularity gate: a 3-step teacher has learned nothing, so it is said and not promoted
+    align_m = by_stage["align"].data.metrics
+    assert align_m["gate.passed"] == 0.0 and align_m["gate.low"] <= 0.0
+    assert by_stage["align"].data.tags["rankbrew.gate"] == "not better than popularity"
+    assert versions[0].tags["gate"] == "not better than popularity"
+    assert versions[0].aliases == []
     # the registered teacher loads anywhere and scores like the stage's model directory
     scorer = mlflow.pyfunc.load_model(f"models:/rankbrew-teacher/{versions[0].version}")
     ex = pl.read_parquet(first.results["promptify"].path / "examples").filter(pl.col("split") == "valid").head(2)
