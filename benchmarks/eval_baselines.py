@@ -1,7 +1,7 @@
 """Per-task AUC of the ID-based baselines on a pipeline run's evaluation prompts.
 
-Fits ``popularity``, ``lightgbm`` and ``sasrec`` (components/evaluate/baselines.py) on
-the train split of a split-stage output and scores the prompts of one evaluation split
+Fits ``popularity``, ``lightgbm``, ``lightgbm_ids`` and ``sasrec``
+(components/evaluate/baselines.py) on the train split of a split-stage output and scores the prompts of one evaluation split
 of a promptify-stage output; prints one row per task (pooled AUC over the task's
 candidates, lists = prompts), the popularity variant chosen per task, a mean over
 tasks, and the mean per-task AUC per slice (activity buckets, new items).
@@ -10,6 +10,7 @@ tasks, and the mean per-task AUC per slice (activity buckets, new items).
     python -m benchmarks.eval_baselines --split test --n-boot 200
     python -m benchmarks.eval_baselines --split-dir runs/local/artifacts/split/<key> \\
         --examples-dir runs/local/artifacts/promptify/<key>/examples --baselines lightgbm
+    python -m benchmarks.eval_baselines --baselines sasrec --set sasrec_task_aware=false  # ablation
 
 Steering tasks (``steering:``) are trained on the same relabelled targets as the
 prepare stage when the run's ingest manifest names a synthetic world (the manifests
@@ -24,6 +25,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from components.evaluate.baselines import BASELINES
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "runs" / "local" / "artifacts"
 
@@ -60,14 +63,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--split-dir", type=Path, default=None, help="default: newest split output")
     ap.add_argument("--examples-dir", type=Path, default=None, help="default: newest promptify examples/")
     ap.add_argument("--split", default="valid", choices=["valid", "test"])
-    ap.add_argument("--baselines", nargs="+", default=["popularity", "lightgbm", "sasrec"],
-                    choices=["popularity", "lightgbm", "sasrec"],
-                    help="space-separated (default: all three)")
+    ap.add_argument("--baselines", nargs="+", default=list(BASELINES), choices=list(BASELINES),
+                    help="space-separated (default: all)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="BaselineConfig field, value as JSON (bare words are strings): "
+                    "--set sasrec_task_epochs=0 --set sasrec_attributes=[]")
     ap.add_argument("--tasks", type=Path, nargs="*", default=None, help="task YAML files (default: built-in)")
     ap.add_argument("--no-relabel", action="store_true")
     ap.add_argument("--n-boot", type=int, default=0, help="bootstrap replicates for AUC intervals")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    overrides = {}
+    for kv in args.overrides:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            sys.exit(f"--set {kv!r}: expected KEY=VALUE, e.g. --set sasrec_task_aware=false")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
 
     import numpy as np
     import polars as pl
@@ -105,10 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"steering tasks trained on: {'relabelled targets' if relabel else 'action labels'}")
 
     fitted, seconds = {}, {}
-    groups = [[b for b in args.baselines if b in ("popularity", "lightgbm")],
-              [b for b in args.baselines if b == "sasrec"]]
+    groups = [[b for b in args.baselines if b != "sasrec"], [b for b in args.baselines if b == "sasrec"]]
     for names in (g for g in groups if g):
-        cfg = BaselineConfig(baselines=names, seed=args.seed)
+        cfg = BaselineConfig(**{**overrides, "baselines": names, "seed": args.seed})
         t0 = time.perf_counter()
         fitted.update(fit_baselines(data, tasks, cfg, relabel=relabel))
         seconds["+".join(names)] = time.perf_counter() - t0
@@ -160,8 +173,9 @@ def main(argv: list[str] | None = None) -> None:
             aucs = [roc_auc(g[n].to_numpy(), g["label"].to_numpy()) for _, g in part.group_by("task_id")]
             vals.append(np.nanmean(aucs) if any(not np.isnan(a) for a in aucs) else np.nan)
         print(f"| {sl} | {part.height} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
-    if "lightgbm" in fitted and fitted["lightgbm"].fallback:
-        print(f"\nlightgbm fell back to popularity for: {fitted['lightgbm'].fallback}")
+    for name in ("lightgbm", "lightgbm_ids"):
+        if name in fitted and fitted[name].fallback:
+            print(f"\n{name} fell back to popularity for: {fitted[name].fallback}")
     print("\nseconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
 
 

@@ -23,7 +23,12 @@ from scipy.stats import ks_2samp
 from components.evaluate.baselines import BaselineData
 from components.evaluate.metrics import roc_auc
 from components.promptify.examples import label_events
-from components.promptify.negatives import CatalogueSampler, NegativeSampler, catalogue_pool, impression_pool
+from components.promptify.negatives import (
+    CatalogueSampler,
+    NegativeSampler,
+    catalogue_pool,
+    impression_pool,
+)
 from components.promptify.tasks import load_tasks
 
 DAY_US = 86_400_000_000

@@ -97,14 +97,21 @@ def run(
                           f"from MLflow)")
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True})
 def compare(
+    ctx: typer.Context,
     run_id: Annotated[str | None, typer.Option(
         "--run", help="Pipeline (parent) run id, as `rankbrew run` prints it. Default: the newest "
         "finished pipeline run of the experiment that has evaluation results.")] = None,
     against: Annotated[str | None, typer.Option(
         "--against", help="A second pipeline run id: print both runs side by side (each model's "
         "AUC in both, and the teacher's delta).")] = None,
+    runs: Annotated[list[str] | None, typer.Option(
+        "--runs", help="Several pipeline run ids treated as seeds: --runs A B C (or A,B,C, or "
+        "--runs A --runs B): mean and s.d. over runs, paired deltas over runs.")] = None,
+    last: Annotated[int | None, typer.Option(
+        "--last", help="The newest N evaluated pipeline runs of the experiment, treated as seeds "
+        "(as --runs).", min=2)] = None,
     tracking_uri: TrackingUriOpt = None,
     experiment: ExperimentOpt = None,
     profile: ProfileOpt = "local",
@@ -114,10 +121,14 @@ def compare(
 
     Reads the nested runs the evaluate stage logged (one per model and task,
     tag rankbrew.kind=eval) and prints, for the teacher and each baseline:
-    the AUC per trained task and the teacher's gain over the best baseline;
-    the same for the held-out (zero-shot) tasks; the means over both groups;
-    the cold-start table (AUC by the member's prior events, and on new items).
-    With --against, two pipeline runs side by side.
+    the pooled and per-list AUC means, the paired teacher-minus-baseline
+    deltas (95% member bootstrap) with a one-line verdict per baseline; the
+    AUC per trained task and the teacher's gain over the best baseline; the
+    same for the held-out (zero-shot) tasks; the cold-start table (AUC by the
+    member's prior events, and on new items). With --against, two pipeline
+    runs side by side. With --runs / --last, several runs as seeds: per task
+    and for the means, each model's mean and s.d. over runs, the mean paired
+    delta with a t-interval over runs and each run's bootstrap interval.
 
     Examples:
 
@@ -127,16 +138,35 @@ def compare(
 
       rankbrew compare --run RUN_ID --against OTHER_RUN_ID
 
+      rankbrew compare --runs RUN_A RUN_B RUN_C # three seeds of one recipe
+
+      rankbrew compare --last 4
+
       rankbrew compare --tracking-uri sqlite:////abs/mlflow.db --experiment rankbrew-local
     """
     from components.tracking import default_tracking_uri
-    from pipelines.compare import CompareError
+    from pipelines.compare import CompareError, compare_many
     from pipelines.compare import compare as compare_runs
 
+    extra = list(ctx.args)
+    if extra and runs is None:
+        console.print(f"[red]unexpected argument(s) {extra}: run ids go after --runs[/red]")
+        raise typer.Exit(2)
+    run_ids = [r for v in [*(runs or []), *extra] for r in v.split(",") if r.strip()]
+    if (run_ids or last) and (run_id or against):
+        console.print("[red]--runs / --last compare several runs as seeds; --run / --against one "
+                      "run or two side by side: use one or the other[/red]")
+        raise typer.Exit(2)
+    if run_ids and last:
+        console.print("[red]give either --runs RUN_ID ... or --last N, not both[/red]")
+        raise typer.Exit(2)
     cfg = _load(profile, set_)
     uri = tracking_uri or cfg.run.mlflow_tracking_uri or default_tracking_uri(cfg.run.work_dir)
     try:
-        result = compare_runs(uri, experiment or cfg.run.name, run_id, against)
+        if run_ids or last:
+            result = compare_many(uri, experiment or cfg.run.name, run_ids or None, last)
+        else:
+            result = compare_runs(uri, experiment or cfg.run.name, run_id, against)
     except CompareError as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(1) from None

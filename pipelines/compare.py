@@ -5,7 +5,11 @@ parent run (``rankbrew.kind=eval``; see pipelines/eval_stage.py). This module re
 those runs (not the stage's CSV file, so any run in the store can be compared, also
 from another machine) and rebuilds the tables with ``components.evaluate.report``: per
 task and on average, the teacher vs each baseline, the zero-shot (held-out) tasks and
-the cold-start buckets; for two runs, side by side.
+the cold-start buckets; for two runs, side by side; for several runs of the same recipe
+(seeds, :func:`compare_many`), the mean and s.d. over runs and the paired deltas
+(teacher minus each baseline) averaged over runs with a t-interval, beside each run's
+own paired member-bootstrap intervals (the ``evaluate/paired_deltas.csv`` artifact the
+stage logs to the pipeline run).
 
 When a pipeline run reused a cached ``evaluate`` stage, its own parent run holds no
 eval runs: they are found through the stage key (the eval runs carry the evaluate
@@ -15,7 +19,9 @@ stage's ``rankbrew.stage_key``), in the newest pipeline run that built them.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+import os
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +29,24 @@ import polars as pl
 
 from components import tracking
 from components.evaluate.report import (
+    PAIRED_SCHEMA,
     EvalRecord,
+    across_runs_table,
     cold_start_table,
+    paired_across_runs,
+    render_across_runs,
     render_markdown,
     render_side_by_side,
     side_by_side,
+    single_class_warnings,
     summary_table,
+    verdict_lines,
 )
 from pipelines.eval_stage import EVAL_KIND, TAG_EVAL_SPLIT, TAG_HELD_OUT, TAG_MODEL, TAG_TASK
 
 PARENT_TAG = "mlflow.parentRunId"
+#: Where the evaluate stage logs its paired deltas on the pipeline run (see eval_stage).
+PAIRED_ARTIFACT = "evaluate/paired_deltas.csv"
 
 
 class CompareError(RuntimeError):
@@ -69,6 +83,22 @@ class Comparison:
     table: pl.DataFrame
     cold_start: pl.DataFrame
     markdown: str
+    deltas: pl.DataFrame | None = None
+    verdicts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MultiComparison:
+    """What :func:`compare_many` found: the runs (distinct evaluations), the per-run tables
+    and the across-run tables (:func:`across_runs_table`, :func:`paired_across_runs`)."""
+
+    runs: list[EvaluatedRun]
+    tables: list[pl.DataFrame]
+    deltas: list[pl.DataFrame | None]
+    table: pl.DataFrame
+    paired: pl.DataFrame | None
+    markdown: str
+    skipped: list[str] = field(default_factory=list)
 
 
 def _q(value: str) -> str:
@@ -171,6 +201,7 @@ def latest_evaluated_run(client, experiment: str) -> EvaluatedRun:
 
 
 def _client(tracking_uri: str):
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in the table
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri.removeprefix("sqlite:///"))
         if not db.exists():  # MLflow would silently create an empty store
@@ -180,6 +211,18 @@ def _client(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri)
+
+
+def paired_deltas_of(client, run: EvaluatedRun) -> pl.DataFrame | None:
+    """The paired deltas the evaluate stage logged for ``run`` (artifact
+    :data:`PAIRED_ARTIFACT` of the pipeline run that evaluated it), or None for runs
+    evaluated before paired statistics existed."""
+    names = {a.path for a in client.list_artifacts(run.evaluated_in, "evaluate")}
+    if PAIRED_ARTIFACT not in names:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run.evaluated_in, PAIRED_ARTIFACT, tmp)
+        return pl.read_csv(path, schema_overrides=PAIRED_SCHEMA)
 
 
 def compare(tracking_uri: str, experiment: str | None = None, run_id: str | None = None,
@@ -196,13 +239,99 @@ def compare(tracking_uri: str, experiment: str | None = None, run_id: str | None
     table = summary_table(run.records)
     cold = cold_start_table(run.records)
     if against is None:
-        md = render_markdown(table, cold, "Evaluation: teacher vs ID-based baselines",
-                             notes=[f"From MLflow: {run.describe()}."],
-                             cold_held_out=cold_start_table(run.records, held_out=True))
-        return Comparison(run, None, table, cold, md)
+        deltas = paired_deltas_of(client, run)
+        notes = [f"From MLflow: {run.describe()}."]
+        if deltas is None:
+            notes.append("No paired deltas: this run was evaluated before the stage logged "
+                         f"`{PAIRED_ARTIFACT}`; rerun `rankbrew run --force evaluate`.")
+        md = render_markdown(table, cold, "Evaluation: teacher vs ID-based baselines", notes=notes,
+                             cold_held_out=cold_start_table(run.records, held_out=True),
+                             deltas=deltas, warnings=single_class_warnings(run.records))
+        verdicts = verdict_lines(deltas) if deltas is not None and deltas.height else []
+        return Comparison(run, None, table, cold, md, deltas, verdicts)
     other = load_evaluated_run(client, against)
     both = side_by_side(table, summary_table(other.records))
     cold_both = side_by_side(cold, cold_start_table(other.records))
     md = render_side_by_side(both, cold_both, "Evaluation: two pipeline runs side by side",
                              notes=[f"- run: {run.describe()}", f"- against: {other.describe()}"])
     return Comparison(run, other, both, cold_both, md)
+
+
+def newest_evaluated_runs(client, experiment: str, n: int) -> list[EvaluatedRun]:
+    """The newest ``n`` finished pipeline runs of ``experiment`` with evaluation results,
+    newest first, one per distinct evaluation (a run that reused a cached evaluate stage
+    repeats an older run's results: it is not another seed)."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise CompareError(f"no experiment '{experiment}' in the tracking store: pass --experiment, "
+                           f"or --profile of the runs you want")
+    runs = search_all_runs(client, [exp.experiment_id], f"tags.`{tracking.TAG_KIND}` = 'pipeline'",
+                           order_by=["attributes.start_time DESC"])
+    out, seen = [], set()
+    for run in runs:
+        if len(out) == n:
+            break
+        if run.info.status != "FINISHED":
+            continue
+        try:
+            ev = load_evaluated_run(client, run.info.run_id)
+        except CompareError:
+            continue
+        if ev.evaluated_in not in seen:
+            seen.add(ev.evaluated_in)
+            out.append(ev)
+    return out
+
+
+def compare_many(tracking_uri: str, experiment: str | None = None, run_ids: list[str] | None = None,
+                 last: int | None = None, alpha: float = 0.05) -> MultiComparison:
+    """Several pipeline runs of one recipe treated as seeds: ``run_ids``, or the ``last``
+    newest evaluated runs of ``experiment``.
+
+    Per task and for the means: each model's AUC averaged over runs with its s.d.; the
+    teacher-minus-baseline paired delta averaged over runs with a t-interval over runs
+    (``alpha``), and each run's own paired member-bootstrap interval. Runs that share one
+    evaluation (a cached evaluate stage) count once. Needs at least two distinct
+    evaluations."""
+    client = _client(tracking_uri)
+    skipped: list[str] = []
+    if run_ids:
+        runs, seen = [], {}
+        for rid in run_ids:
+            ev = load_evaluated_run(client, rid)
+            if ev.evaluated_in in seen:
+                skipped.append(f"run `{rid}` repeats the evaluation of run `{seen[ev.evaluated_in]}` "
+                               f"(cached evaluate stage): counted once")
+                continue
+            seen[ev.evaluated_in] = rid
+            runs.append(ev)
+    else:
+        if experiment is None or last is None:
+            raise CompareError("give --runs RUN_ID RUN_ID ... or --last N with an experiment")
+        if last < 2:
+            raise CompareError(f"--last {last}: compare at least 2 runs (or use --run for one)")
+        runs = newest_evaluated_runs(client, experiment, last)
+        if len(runs) < last:
+            skipped.append(f"asked for the last {last} runs: only {len(runs)} distinct evaluated runs "
+                           f"in experiment '{experiment}'")
+    if len(runs) < 2:
+        raise CompareError(f"{len(runs)} distinct evaluated run(s): several runs need at least 2 "
+                           f"(runs sharing a cached evaluate stage count once)")
+    tables = [summary_table(r.records) for r in runs]
+    deltas = [paired_deltas_of(client, r) for r in runs]
+    for r, d in zip(runs, deltas, strict=True):
+        if d is None:
+            skipped.append(f"run `{r.run_id}` has no `{PAIRED_ARTIFACT}`: left out of the paired deltas")
+    with_deltas = [d for d in deltas if d is not None]
+    paired = paired_across_runs(with_deltas, alpha) if with_deltas else None
+    across = across_runs_table(tables)
+    labels = [r.run_id[:8] for r, d in zip(runs, deltas, strict=True) if d is not None]
+    profiles = sorted({r.profile for r in runs})
+    splits = sorted({r.split for r in runs})
+    notes = [f"{len(runs)} runs treated as seeds (profile {', '.join(profiles)}; split "
+             f"{', '.join(splits)}):", *[f"- `{r.run_id[:8]}`: {r.describe()}" for r in runs],
+             *[f"- note: {s}" for s in skipped]]
+    if len(profiles) > 1 or len(splits) > 1:
+        notes.append("- note: the runs differ in profile or split: they are not seeds of one recipe")
+    md = render_across_runs(across, paired, f"Evaluation over {len(runs)} runs", notes, labels)
+    return MultiComparison(runs, tables, deltas, across, paired, md, skipped)

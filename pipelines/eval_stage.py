@@ -17,8 +17,10 @@ Flow (deps: ``split``, ``promptify``, ``align``):
    ``rankbrew.task``, ``rankbrew.held_out``). Logging here rather than from the tasks
    keeps one SQLite writer (concurrent writers contend, see API-NOTES).
 5. Write ``summary.csv``, ``cold_start.csv``, ``summary.md``, ``results.json``,
+   ``paired_deltas.csv`` (teacher minus each baseline, paired member bootstrap),
    ``scores.parquet`` and the plots; log them to the stage run and to the parent run
-   (under ``evaluate/``); return the headline numbers for the stage's run.
+   (under ``evaluate/``; ``scores.parquet`` to the parent only); print the table, the
+   one-class slice warnings and the verdict lines; return the headline numbers.
 
 ``rankbrew compare`` (pipelines/compare.py) reads the nested runs back.
 """
@@ -126,7 +128,7 @@ def evaluate_model_on_task(model: str, examples: pl.DataFrame, flags: pl.DataFra
         from components.evaluate.baselines import score_lists
 
         lists = score_lists(scorer, data, examples)
-        gives_probs = model == "lightgbm" and getattr(scorer, "boosters", {}).get(task_id) is not None
+        gives_probs = model in ("lightgbm", "lightgbm_ids") and getattr(scorer, "boosters", {}).get(task_id) is not None
         probs = lists if gives_probs else None
     sizes = [len(x) for x in lists]
     expected = examples["candidate_item_ids"].list.len().to_list()
@@ -244,7 +246,7 @@ def _model_params(name: str, model: Any, task_id: str) -> dict[str, str]:
     """Per-(model, task) facts worth a param: the popularity variant, a LightGBM fallback."""
     if name == "popularity" and hasattr(model, "variant"):
         return {"popularity_variant": model.variant.get(task_id, "-")}
-    if name == "lightgbm" and getattr(model, "fallback", {}).get(task_id):
+    if name in ("lightgbm", "lightgbm_ids") and getattr(model, "fallback", {}).get(task_id):
         return {"lightgbm_fallback": model.fallback[task_id]}
     return {}
 
@@ -275,7 +277,12 @@ def evaluate(ctx: StageContext) -> dict[str, float]:
     baselines: dict[str, Any] = {}
     relabel = steering_relabel_hook(ctx.cfg, tasks)
     if ecfg.baselines:
-        baselines = fit_baselines(data, tasks, BaselineConfig(baselines=list(ecfg.baselines), seed=ecfg.seed),
+        baselines = fit_baselines(data, tasks, BaselineConfig(
+            baselines=list(ecfg.baselines), seed=ecfg.seed,
+            # training lists sample negatives as the run's prompts do
+            sampled_negatives=ctx.cfg.promptify.sampled_negatives, negative_pool=ctx.cfg.promptify.negative_pool,
+            hard_negatives=ctx.cfg.promptify.hard_negatives,
+            negative_window_days=ctx.cfg.promptify.negative_window_days),
                                   relabel=relabel)
     fit_seconds = time.perf_counter() - t0
     ctx.log(f"baselines fitted in {fit_seconds:.1f}s (steering relabel: "
@@ -311,18 +318,24 @@ def evaluate(ctx: StageContext) -> dict[str, float]:
     notes = [f"Split `{ecfg.split}`: {examples.height} prompts, {flags.height} candidates, "
              f"{len(tasks)} tasks (at most {ecfg.max_prompts_per_task or 'all'} prompts per task, "
              f"seed {ecfg.seed}); models: {', '.join(scorers)}; AUC intervals: "
-             f"{ecfg.bootstrap_samples} bootstrap replicates over prompts."]
+             f"{ecfg.bootstrap_samples} bootstrap replicates over prompts; paired deltas: "
+             f"{ecfg.bootstrap_samples} replicates over members."]
     teacher = scores.filter(pl.col("model") == TEACHER)
     report = write_report(records, ctx.out_dir, title=f"Evaluation on the {ecfg.split} split",
                           notes=notes, teacher_probs=teacher["prob"].to_numpy(),
                           teacher_labels=teacher["label"].to_numpy(),
-                          teacher_held_out=teacher["held_out"].to_numpy(), ece_bins=ecfg.ece_bins)
+                          teacher_held_out=teacher["held_out"].to_numpy(), ece_bins=ecfg.ece_bins,
+                          scores=scores, n_boot=ecfg.bootstrap_samples, seed=ecfg.seed)
     for p in report.files:
         ctx.log_artifact(p, "plots" if p.parent.name == "plots" else None)
     if logger is not None:
         logger.log_artifacts([p for p in report.files if p.parent.name != "plots"], "evaluate")
         logger.log_artifacts([p for p in report.files if p.parent.name == "plots"], "evaluate/plots")
+        # per-row scores with member ids: paired statistics can be recomputed from MLflow alone
+        logger.log_artifacts([ctx.out_dir / "scores.parquet"], "evaluate")
     ctx.log("\n" + report.markdown)
+    for line in (*report.warnings, *report.verdicts):  # the verdicts last: under the table
+        ctx.log(line)
     return {
         "prompts": float(examples.height),
         "candidates": float(flags.height),
@@ -336,6 +349,8 @@ def evaluate(ctx: StageContext) -> dict[str, float]:
 
 EVALUATE_STAGE = Stage(
     "evaluate", evaluate, deps=("split", "promptify", "align"), config_keys=("evaluate",), num_cpus=0,
+    code=("components.evaluate", "components.model", "components.promptify", "components.data.synthetic",
+          "pipelines.stages", "pipelines.teacher_stages"),
     description="teacher vs baselines per task: Ray fan-out, nested MLflow runs, summary + plots",
 )
 

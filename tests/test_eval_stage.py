@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from components.config import load_config
-from components.evaluate.metrics import log_loss, ndcg_at_k, roc_auc
+from components.evaluate.metrics import group_auc, log_loss, ndcg_at_k, roc_auc
 from components.evaluate.report import (
     EvalRecord,
     cold_start_table,
@@ -111,7 +111,10 @@ def test_fanout_logs_nested_runs_that_compare_reads_back(evaluated):
     assert {"summary.md", "summary.csv", "plots"} <= logged
     parent = {a.path for a in mlflow.artifacts.list_artifacts(run_id=first.parent_run_id,
                                                               artifact_path="evaluate")}
-    assert {"evaluate/summary.md", "evaluate/summary.csv", "evaluate/plots"} <= parent
+    assert {"evaluate/summary.md", "evaluate/summary.csv", "evaluate/plots", "evaluate/paired_deltas.csv",
+            "evaluate/scores.parquet"} <= parent
+    assert {"paired_delta.trained.popularity", "paired_delta.trained.popularity_low",
+            "mean_group_auc.trained.teacher"} <= set(stage_run.data.metrics)
     plots = {a.path for a in mlflow.artifacts.list_artifacts(run_id=first.parent_run_id,
                                                              artifact_path="evaluate/plots")}
     assert plots == {f"evaluate/plots/{p}.png" for p in ("task_auc", "cold_start_gain", "teacher_calibration")}
@@ -125,6 +128,9 @@ def test_fanout_logs_nested_runs_that_compare_reads_back(evaluated):
         np.testing.assert_allclose(got.table[col].to_numpy().astype(float), want[col].to_numpy().astype(float),
                                    rtol=1e-9, equal_nan=True, err_msg=col)
     assert "course_view_learning (held out)" in got.markdown and "Cold start" in got.markdown
+    want_deltas = pl.read_csv(evaluated["dir"] / "paired_deltas.csv")
+    np.testing.assert_allclose(got.deltas["delta"].to_numpy(), want_deltas["delta"].to_numpy(), equal_nan=True)
+    assert got.verdicts and got.verdicts[0].startswith("teacher vs popularity: paired delta of mean AUC")
 
     both = compare(first.tracking_uri, run_id=second.parent_run_id, against=first.parent_run_id)
     assert both.table.filter(~pl.col("is_mean"))["delta_teacher"].abs().max() == 0.0
@@ -156,6 +162,24 @@ def test_summary_numbers_equal_metrics_recomputed_from_scores(evaluated):
     trained = table.filter(pl.col("is_mean") & ~pl.col("held_out")).row(0, named=True)
     for m in MODELS:
         assert trained[m] == pytest.approx(np.mean(tasks.filter(~pl.col("held_out"))[m].to_numpy()))
+
+    # per-list AUC beside the pooled one; the paired deltas are teacher minus baseline of the table
+    for row in tasks.iter_rows(named=True):
+        for m in MODELS:
+            s = scores.filter((pl.col("task_id") == row["task"]) & (pl.col("model") == m))
+            want = group_auc(s["score"].to_numpy(), s["label"].to_numpy(), s["example_id"].to_numpy())
+            got = row[f"group_auc.{m}"]
+            assert (math.isnan(want) and got is None) or got == pytest.approx(want, abs=1e-12)
+    deltas = pl.read_csv(d / "paired_deltas.csv")
+    assert set(deltas["baseline"]) == MODELS - {"teacher"}
+    for r in deltas.filter(~pl.col("is_mean")).iter_rows(named=True):
+        want = tasks.filter(pl.col("task") == r["task"]).row(0, named=True)
+        if want["teacher"] is not None and want[r["baseline"]] is not None:
+            assert r["delta"] == pytest.approx(want["teacher"] - want[r["baseline"]], abs=1e-12)
+            assert r["low"] <= r["delta"] <= r["high"] and r["n_boot"] == 50
+    md = (d / "summary.md").read_text()
+    assert "## Paired deltas" in md and "per-list AUC" in md and "(descriptive)" in md
+    assert "teacher vs popularity: paired delta of mean AUC" in md
     assert trained["gain_vs_best_baseline"] == pytest.approx(
         trained["teacher"] - max(trained[b] for b in ("popularity", "lightgbm", "sasrec")))
 

@@ -1,6 +1,6 @@
 """ID-based baselines: what the language model has to beat, task by task.
 
-Three baselines, each fitted on the **train split only** and scoring the evaluation
+Four baselines, each fitted on the **train split only** and scoring the evaluation
 candidate lists of the promptify stage (one score per entry of ``candidate_item_ids``):
 
 * ``popularity``: per task, one point-in-time popularity count of the candidate item
@@ -8,11 +8,19 @@ candidate lists of the promptify stage (one score per entry of ``candidate_item_
   days; or a smoothed positive rate), the variant chosen per task by its AUC on the
   training lists. No learned weights.
 * ``lightgbm``: one gradient-boosted tree model per task (the analogue of a
-  task-specific production ranker) on member and item ids (categorical), point-in-time
-  counts, recency and profile-item matches (skills, location, industry, seniority).
-* ``sasrec``: a tiny causal transformer over the member's item-id sequence
-  (SASRec), trained with next-item BCE and sampled negatives, scoring a candidate by
-  the dot product of the sequence representation and the item embedding.
+  task-specific production ranker) on engineered features: point-in-time counts and
+  rates (member and item enter through these target encodings, not as raw ids unless
+  ``lgb_id_features``), recency, item age / expiry, attribute affinities and
+  profile-item matches (skills, location, industry, seniority).
+* ``lightgbm_ids``: the classic ID model: the same per-task LightGBM on member and item
+  ids (categorical) plus the point-in-time count / rate features only
+  (:data:`ID_COUNT_FEATURES`; no dates, ages, affinities or profile matches).
+* ``sasrec``: a tiny causal transformer over the member's engaged item sequence
+  (SASRec; item = id embedding + hashed attribute embeddings, plus the event's action),
+  pretrained with next-item BCE, then fine-tuned per task: a learned task embedding
+  scales and shifts the sequence representation (FiLM), trained with BCE on the
+  training lists of every task, so dismiss / hide tasks get their own sign. An item
+  unseen in training scores through its attributes (item type, company, topic, ...).
 
 **Same information as the language model.** A question about (member, candidate) with
 cutoff ``c`` sees every event strictly before ``c``, the member's and everybody's, and
@@ -34,6 +42,7 @@ given ``BaselineConfig.seed``.
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,11 +57,27 @@ from pydantic import Field
 from components.config import StrictModel
 from components.evaluate.metrics import roc_auc
 from components.promptify.examples import label_events
-from components.promptify.negatives import NegativeSampler, impression_pool
+from components.promptify.negatives import (
+    CatalogueSampler,
+    NegativeSampler,
+    catalogue_pool,
+    impression_pool,
+)
 from components.promptify.tasks import TaskSpec
 
-BASELINES = ("popularity", "lightgbm", "sasrec")
+BASELINES = ("popularity", "lightgbm", "lightgbm_ids", "sasrec")
 DAY_US = 86_400_000_000
+
+#: Features of ``lightgbm_ids``: the point-in-time counts and rates of
+#: :func:`point_in_time_features` (with their ``_<d>d`` windows), nothing else.
+ID_COUNT_FEATURES = ("item_events", "item_engaged", "item_task_pos", "item_task_events",
+                     "member_events", "member_engaged", "member_task_pos", "member_task_events",
+                     "member_item_events", "item_task_rate", "member_task_rate")
+
+#: Item columns whose values (each element of a list column) SASRec hashes into
+#: attribute embeddings, where the items table has them.
+SASREC_ATTRIBUTES = ("item_type", "company", "industry", "topic", "location", "workplace",
+                     "seniority", "level", "skills", "genres")
 
 #: Ordinal scale of seniorities (synthetic world vocabulary) and the seniority a course
 #: level suits; other values give a null distance.
@@ -64,7 +89,7 @@ SENIORITY_RANK = {"intern": 0.0, "entry": 1.0, "associate": 2.0, "mid-senior": 3
 class BaselineConfig(StrictModel):
     """Settings of the ID-based baselines (defaults fit the local world in about a minute)."""
 
-    baselines: list[Literal["popularity", "lightgbm", "sasrec"]] = list(BASELINES)
+    baselines: list[Literal["popularity", "lightgbm", "lightgbm_ids", "sasrec"]] = list(BASELINES)
     seed: int = 0
     threads: int = Field(1, ge=1, description="CPU threads for LightGBM and torch (1: a shared "
                          "2-core machine ran SASRec 20x slower with 2 threads).")
@@ -72,7 +97,10 @@ class BaselineConfig(StrictModel):
         None, gt=0, description="Length of a training list's window; default: the validation window's.")
     sampled_negatives: int = Field(4, ge=0, description="Sampled negatives per training list "
                                    "of tasks with negatives: sampled (promptify's default).")
-    hard_negatives: bool = Field(True, description="Sample among items shown on the task's surface.")
+    negative_pool: Literal["catalogue", "impressions"] = Field(
+        "catalogue", description="As promptify.negative_pool (the evaluation stage passes the "
+        "run's): age-matched live catalogue items, or recent impressions.")
+    hard_negatives: bool = Field(True, description="impressions pool: sample among items shown on the task's surface.")
     negative_window_days: float = Field(3.0, gt=0, description="As promptify: negatives are items "
                                         "shown in this many days before the cutoff.")
     not_engaged_actions: list[str] = Field(
@@ -88,7 +116,8 @@ class BaselineConfig(StrictModel):
     lgb_learning_rate: float = Field(0.05, gt=0)
     lgb_min_data_in_leaf: int = Field(20, ge=1)
     lgb_id_features: bool = Field(
-        False, description="Raw member and item ids as categorical features as well. Off: the ids "
+        False, description="lightgbm: raw member and item ids as categorical features as well "
+        "(lightgbm_ids always has them). Off: the ids "
         "enter through point-in-time target encodings (per-item and per-member task counts and "
         "rates); raw categorical ids overfit (local world, valid: mean AUC 0.807 vs 0.814 on "
         "trained tasks, 0.694 vs 0.732 on held-out ones).")
@@ -97,12 +126,29 @@ class BaselineConfig(StrictModel):
     sasrec_max_len: int = Field(50, ge=2)
     sasrec_layers: int = Field(1, ge=1)
     sasrec_heads: int = Field(1, ge=1)
-    sasrec_dropout: float = Field(0.2, ge=0, lt=1)
-    sasrec_epochs: int = Field(20, ge=1)
+    sasrec_dropout: float = Field(0.1, ge=0, lt=1)
+    sasrec_epochs: int = Field(20, ge=0, description="Next-item pretraining epochs.")
     sasrec_batch_size: int = Field(128, ge=1)
-    sasrec_lr: float = Field(2e-3, gt=0)
+    sasrec_lr: float = Field(2e-2, gt=0, description="Adam learning rate of pretraining and of "
+                             "the fine-tuning (a fresh Adam); local world, valid: 2e-3 underfits "
+                             "(mean AUC 0.61 vs 0.63 on trained tasks).")
     sasrec_min_item_count: int = Field(
-        2, ge=1, description="Items seen fewer times in training share the unknown embedding.")
+        2, ge=1, description="Items with fewer train-split events (any action) share the unknown "
+        "id embedding; their attribute embeddings still tell them apart.")
+    sasrec_task_aware: bool = Field(
+        True, description="Fine-tune per task on the training lists (task FiLM + per-task BCE). "
+        "Off: the task-agnostic next-item model, score = sequence vector . item vector.")
+    sasrec_task_epochs: int = Field(12, ge=0, description="Epochs over the training lists.")
+    sasrec_task_batch_size: int = Field(
+        256, ge=1, description="(member, cutoff) sequences per fine-tuning step, each with all "
+        "its training-list rows.")
+    sasrec_attributes: list[str] = Field(
+        list(SASREC_ATTRIBUTES), description="Item columns hashed into attribute embeddings "
+        "added to the id embedding (those the items table lacks are skipped); []: ids only.")
+    sasrec_attribute_buckets: int = Field(4096, ge=1, description="Hash buckets of the attribute tokens.")
+    sasrec_id_dropout: float = Field(
+        0.1, ge=0, lt=1, description="Training: share of known item ids replaced by the unknown id, "
+        "so the attribute embeddings learn to stand alone for unseen items.")
 
 
 # ============================================================================ data
@@ -157,23 +203,32 @@ class BaselineData:
 def _sample_negatives(rows: pl.DataFrame, data: BaselineData, tasks: dict[str, TaskSpec],
                       cfg: BaselineConfig, labeled_items: dict[str, set[str]]) -> pl.DataFrame:
     """Sampled negatives (label 0) for the lists of tasks that sample negatives, drawn
-    like promptify's (:class:`components.promptify.negatives.NegativeSampler`)."""
+    like promptify's (:mod:`components.promptify.negatives`): ``rows`` carry ``__t``, each
+    item's first event time in its list (the catalogue pool's anchor times)."""
     sampling = [t for t in tasks.values() if t.negatives != "logged"]
     if not sampling or cfg.sampled_negatives == 0:
         return rows.clear()
-    sampler = NegativeSampler(impression_pool(data.interactions, data.items), cfg.negative_window_days)
+    catalogue = cfg.negative_pool == "catalogue"
+    sampler = (CatalogueSampler(catalogue_pool(data.items, data.interactions)) if catalogue
+               else NegativeSampler(impression_pool(data.interactions, data.items), cfg.negative_window_days))
     lists = (rows.filter(pl.col("task_id").is_in([t.id for t in sampling]))
-             .group_by("list_id", "member_id", "task_id", "cutoff")
-             .agg(pl.col("item_id")).sort("list_id")
+             .sort("list_id", "__t", "item_id")
+             .group_by("list_id", "member_id", "task_id", "cutoff", maintain_order=True)
+             .agg(pl.col("item_id"), pl.col("label"), pl.col("__t").dt.epoch("us"))
              .with_columns(pl.col("cutoff").dt.epoch("us").alias("cutoff_us")))
     out = []
-    for list_id, member, task_id, cutoff, items, cutoff_us in lists.iter_rows():
+    for list_id, member, task_id, cutoff, items, labels, times, cutoff_us in lists.iter_rows():
         task = tasks[task_id]
         rng = np.random.default_rng([cfg.seed, zlib.crc32(list_id.encode())])
         exclude = labeled_items.get(member, set()) | set(items)
-        neg = sampler.sample(rng, task.item_type, task.surface if cfg.hard_negatives else None,
-                             cutoff_us, exclude, cfg.sampled_negatives)
-        out += [(list_id, member, task_id, cutoff, it, 0) for it in neg]
+        if catalogue:
+            anchors = [(t, it) for t, it, y in zip(times, items, labels, strict=True) if y == 1] \
+                or list(zip(times, items, strict=True))
+            neg = sampler.sample(rng, task.item_type, anchors, exclude, cfg.sampled_negatives)
+        else:
+            neg = sampler.sample(rng, task.item_type, task.surface if cfg.hard_negatives else None,
+                                 cutoff_us, exclude, cfg.sampled_negatives)
+        out += [(list_id, member, task_id, cutoff, it, 0, cutoff) for it in neg]
     return pl.DataFrame(out, schema=rows.schema, orient="row")
 
 
@@ -202,13 +257,13 @@ def training_lists(data: BaselineData, tasks: Sequence[TaskSpec], cfg: BaselineC
     rows = (
         train.with_columns(pl.col("timestamp").min().over("member_id", "task_id", "__w").alias("cutoff"))
         .group_by("member_id", "task_id", "__w", "cutoff", "item_id")
-        .agg(pl.col("label").max())
+        .agg(pl.col("label").max(), pl.col("timestamp").min().alias("__t"))
         .with_columns(pl.format("{}:{}:train:{}", "member_id", "task_id", "__w").alias("list_id"))
-        .select("list_id", "member_id", "task_id", "cutoff", "item_id", pl.col("label").cast(pl.Int8))
+        .select("list_id", "member_id", "task_id", "cutoff", "item_id", pl.col("label").cast(pl.Int8), "__t")
         .sort("list_id", "item_id")
     )
     neg = _sample_negatives(rows, data, by_id, cfg, labeled_items)
-    return pl.concat([rows, neg]).sort("list_id", "label", "item_id", descending=[False, True, False])
+    return pl.concat([rows, neg]).drop("__t").sort("list_id", "label", "item_id", descending=[False, True, False])
 
 
 # ============================================================================ point-in-time features
@@ -347,6 +402,12 @@ def feature_names(features: pl.DataFrame, queries_columns: Sequence[str]) -> lis
     return [c for c in features.columns if c not in set(queries_columns)]
 
 
+def id_count_features(names: Sequence[str]) -> list[str]:
+    """The :data:`ID_COUNT_FEATURES` among ``names`` (``lightgbm_ids``' inputs besides the ids)."""
+    windowed = re.compile(rf"^({'|'.join(ID_COUNT_FEATURES)})(_[0-9.]+d)?$")
+    return [n for n in names if windowed.match(n)]
+
+
 # ============================================================================ models
 class Baseline(Protocol):
     """A fitted baseline: one score per candidate row."""
@@ -438,16 +499,20 @@ class LightGBMBaseline:
 
 
 def fit_lightgbm(train: pl.DataFrame, features: list[str], tasks: Sequence[TaskSpec],
-                 data: BaselineData, cfg: BaselineConfig) -> LightGBMBaseline:
+                 data: BaselineData, cfg: BaselineConfig, id_features: bool | None = None,
+                 name: str = "lightgbm") -> LightGBMBaseline:
     """One binary LightGBM per task on ``features`` of ``train`` (training lists with
-    point-in-time features); scores are probabilities (usable for calibration metrics)."""
+    point-in-time features), plus categorical member and item ids when ``id_features``
+    (default ``cfg.lgb_id_features``; ids without a train-split event are missing);
+    scores are probabilities (usable for calibration metrics)."""
     import lightgbm as lgb
 
+    id_features = cfg.lgb_id_features if id_features is None else id_features
     tr = data.interactions.filter(pl.col("split") == "train")
     members = sorted(tr["member_id"].unique().to_list())
     items = sorted(tr["item_id"].unique().to_list())
     model = LightGBMBaseline({}, features, {m: k for k, m in enumerate(members)},
-                             {i: k for k, i in enumerate(items)}, cfg.lgb_id_features)
+                             {i: k for k, i in enumerate(items)}, id_features, name=name)
     params = {
         "objective": "binary", "learning_rate": cfg.lgb_learning_rate, "num_leaves": cfg.lgb_num_leaves,
         "min_data_in_leaf": cfg.lgb_min_data_in_leaf, "feature_fraction": 0.9, "lambda_l2": 1.0,
@@ -456,7 +521,7 @@ def fit_lightgbm(train: pl.DataFrame, features: list[str], tasks: Sequence[TaskS
         "num_threads": cfg.threads, "verbosity": -1,
     }
     n_feat = len(features)
-    cats = [n_feat, n_feat + 1] if cfg.lgb_id_features else []
+    cats = [n_feat, n_feat + 1] if id_features else []
     for t in tasks:
         part = train.filter(pl.col("task_id") == t.id)
         y = part["label"].to_numpy()
@@ -471,7 +536,7 @@ def fit_lightgbm(train: pl.DataFrame, features: list[str], tasks: Sequence[TaskS
 
 
 # ---------------------------------------------------------------------------- SASRec
-def _sasrec_module(n_codes: int, cfg: BaselineConfig):
+def _sasrec_module(n_codes: int, n_actions: int, n_tasks: int, cfg: BaselineConfig):
     import torch
     from torch import nn
     from torch.nn import functional as F
@@ -493,38 +558,149 @@ def _sasrec_module(n_codes: int, cfg: BaselineConfig):
             return x + self.drop(self.mlp(self.ln2(x)))
 
     class SASRec(nn.Module):
-        """Left-padded item-code sequences -> one vector per position (causal)."""
+        """Left-padded event sequences (item code, attribute tokens, action; code 0 =
+        padding) -> one vector per position (causal). ``task_logits`` turns the last vector
+        into a task's query by a per-task scale and shift (FiLM) and adds a task bias: at
+        their init (1, 0, 0) it is the task-agnostic next-item score."""
 
         def __init__(self):
             super().__init__()
             d = cfg.sasrec_dim
             self.item = nn.Embedding(n_codes, d, padding_idx=0)
+            self.attr = nn.Embedding(cfg.sasrec_attribute_buckets + 1, d, padding_idx=0)
+            self.action = nn.Embedding(n_actions + 1, d, padding_idx=0)
             self.pos = nn.Embedding(cfg.sasrec_max_len, d)
             self.blocks = nn.ModuleList(Block(d, cfg.sasrec_heads, cfg.sasrec_dropout)
                                         for _ in range(cfg.sasrec_layers))
             self.ln = nn.LayerNorm(d)
             self.drop = nn.Dropout(cfg.sasrec_dropout)
+            self.task_scale = nn.Embedding(n_tasks + 1, d)  # task 0: a task not fitted
+            self.task_shift = nn.Embedding(n_tasks + 1, d)
+            self.task_bias = nn.Embedding(n_tasks + 1, 1)
+            nn.init.ones_(self.task_scale.weight)
+            nn.init.zeros_(self.task_shift.weight)
+            nn.init.zeros_(self.task_bias.weight)
 
-        def forward(self, seq):
-            n = seq.shape[1]
-            x = self.drop(self.item(seq) * math.sqrt(self.item.embedding_dim)
-                          + self.pos(torch.arange(n, device=seq.device)))
-            causal = torch.ones(n, n, dtype=torch.bool, device=seq.device).tril()
-            # a position sees earlier real items and itself (so padded rows stay finite)
-            mask = (causal & (seq != 0)[:, None, :]) | torch.eye(n, dtype=torch.bool, device=seq.device)
+        def embed(self, codes, attrs):
+            """Item vectors: id embedding + mean of the item's attribute embeddings."""
+            e = self.item(codes)
+            if attrs.shape[-1]:
+                e = e + self.attr(attrs).sum(-2) / (attrs != 0).sum(-1, keepdim=True).clamp(min=1)
+            return e
+
+        def forward(self, codes, attrs, actions):
+            n = codes.shape[1]
+            # positions count back from the latest event, so left padding can be trimmed
+            back = torch.arange(n - 1, -1, -1, device=codes.device)
+            x = self.drop(self.embed(codes, attrs) * math.sqrt(self.item.embedding_dim)
+                          + self.action(actions) + self.pos(back))
+            causal = torch.ones(n, n, dtype=torch.bool, device=codes.device).tril()
+            # a position sees earlier real events and itself (so padded rows stay finite)
+            mask = (causal & (codes != 0)[:, None, :]) | torch.eye(n, dtype=torch.bool, device=codes.device)
             for blk in self.blocks:
                 x = blk(x, mask[:, None])
             return self.ln(x)
 
+        def task_logits(self, h, task, e):
+            z = h * self.task_scale(task) + self.task_shift(task)
+            return (z * e).sum(-1) + self.task_bias(task)[..., 0]
+
     return SASRec()
+
+
+def _attribute_tokens(items: pl.DataFrame, columns: Sequence[str], buckets: int,
+                      max_tokens: int = 16) -> tuple[dict[str, int], np.ndarray]:
+    """(item_id -> row, tokens[row]): each item's values of ``columns`` (every element of a
+    list column) hashed to 1..buckets, 0-padded, at most ``max_tokens`` per item. Row 0
+    has none (an item missing from the table). Hashing needs no fitted vocabulary: an
+    item first seen at scoring time gets the embeddings of its attributes."""
+    cols = [c for c in columns if c in items.columns]
+    ids = items["item_id"].to_list()
+    tokens: list[list[int]] = [[] for _ in ids]
+    for c in cols:
+        for k, v in enumerate(items[c].to_list()):
+            for x in (v if isinstance(v, list) else [v]):
+                if x is not None:
+                    tokens[k].append(zlib.crc32(f"{c}={x}".encode()) % buckets + 1)
+    width = min(max_tokens, max((len(t) for t in tokens), default=0))
+    out = np.zeros((len(ids) + 1, width), dtype=np.int64)
+    for k, t in enumerate(tokens):
+        t = t[:width]
+        out[k + 1, :len(t)] = t
+    return {i: k + 1 for k, i in enumerate(ids)}, out
+
+
+def _item_inputs(item_ids: pl.Series, codes: dict[str, int], rows: dict[str, int],
+                 tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(id codes, attribute tokens) of ``item_ids``: code 1 for an item without its own id."""
+    c = item_ids.replace_strict(codes, default=1, return_dtype=pl.Int64).to_numpy()
+    r = item_ids.replace_strict(rows, default=0, return_dtype=pl.Int64).to_numpy()
+    return np.array(c), tokens[r]  # a copy: torch wants writable arrays
+
+
+def _histories(events: pl.DataFrame, keys: pl.DataFrame, max_len: int) -> np.ndarray:
+    """For each (member_id, cutoff) of ``keys``: row numbers (1-based; 0 = padding) of the
+    member's last ``max_len`` ``events`` strictly before the cutoff, left-padded.
+    ``events`` are sorted by member and time."""
+    ts = events["timestamp"].dt.epoch("us").to_numpy()
+    spans = {m: (lo, hi) for m, lo, hi in events.with_row_index("__r").group_by("member_id").agg(
+        pl.col("__r").min().alias("lo"), (pl.col("__r").max() + 1).alias("hi")).iter_rows()}
+    out = np.zeros((keys.height, max_len), dtype=np.int64)
+    for r, (m, cutoff_us) in enumerate(keys.select("member_id", pl.col("cutoff").dt.epoch("us")).iter_rows()):
+        if m in spans:
+            lo, hi = spans[m]
+            end = lo + int(np.searchsorted(ts[lo:hi], cutoff_us, side="left"))  # strictly before
+            start = max(lo, end - max_len)
+            if end > start:
+                out[r, max_len - (end - start):] = np.arange(start, end) + 1
+    return out
+
+
+@dataclass
+class _EventTable:
+    """Engaged events as model inputs, row 0 = padding: id code, attribute tokens, action."""
+
+    codes: np.ndarray
+    attrs: np.ndarray
+    actions: np.ndarray
+
+    @classmethod
+    def build(cls, events: pl.DataFrame, codes: dict[str, int], rows: dict[str, int],
+              tokens: np.ndarray, actions: dict[str, int]) -> _EventTable:
+        c, a = _item_inputs(events["item_id"], codes, rows, tokens)
+        act = events["action"].replace_strict(actions, default=0, return_dtype=pl.Int64).to_numpy()
+        return cls(np.concatenate([[0], c]), np.concatenate([np.zeros((1, a.shape[1]), np.int64), a]),
+                   np.concatenate([[0], act]))
+
+    def tensors(self, hist: np.ndarray):
+        """(codes, attrs, actions) of left-padded event rows ``hist``, the columns that are
+        padding in every row dropped (most histories are far shorter than max_len)."""
+        import torch
+
+        real = (hist != 0).any(0)
+        hist = hist[:, min(int(real.argmax()) if real.any() else hist.shape[1] - 1, hist.shape[1] - 1):]
+        return (torch.from_numpy(self.codes[hist]), torch.from_numpy(self.attrs[hist]),
+                torch.from_numpy(self.actions[hist]))
+
+
+def _engaged_events(data: BaselineData, not_engaged: Sequence[str]) -> pl.DataFrame:
+    return (data.interactions.filter(~pl.col("action").is_in(list(not_engaged)))
+            .select("member_id", "item_id", "action", "timestamp", "split")
+            .sort("member_id", "timestamp", "item_id"))
 
 
 @dataclass
 class SASRecBaseline:
-    """Item codes: 0 padding, 1 unknown (unseen or rare in training), 2.. known items."""
+    """Item codes: 0 padding, 1 unknown (unseen or rare in training), 2.. known items; an
+    item's vector adds its hashed attribute embeddings, so unknown items differ by those."""
 
     module: object
     codes: dict[str, int]
+    actions: dict[str, int]
+    task_index: dict[str, int]
+    task_aware: bool
+    attributes: list[str]
+    attribute_buckets: int
     max_len: int
     not_engaged_actions: list[str]
     name: str = "sasrec"
@@ -532,95 +708,152 @@ class SASRecBaseline:
     tasks: list[TaskSpec] = field(default_factory=list)
     cfg: BaselineConfig | None = None
 
-    def _code(self, item_ids: pl.Series) -> np.ndarray:
-        return np.array(item_ids.replace_strict(self.codes, default=1, return_dtype=pl.Int64).to_numpy())
-
     def score_rows(self, data: BaselineData, rows: pl.DataFrame) -> np.ndarray:
         import torch
 
         if rows.height == 0:
             return np.zeros(0)
-        ev = data.interactions.filter(~pl.col("action").is_in(self.not_engaged_actions))
-        seqs = {m: (g["timestamp"].dt.epoch("us").to_numpy(), self._code(g["item_id"]))
-                for (m,), g in ev.group_by("member_id")}
+        item_rows, tokens = _attribute_tokens(data.items, self.attributes, self.attribute_buckets)
+        ev = _engaged_events(data, self.not_engaged_actions)
+        table = _EventTable.build(ev, self.codes, item_rows, tokens, self.actions)
         keys = rows.select("member_id", "cutoff").unique().sort("member_id", "cutoff")
-        batch = np.zeros((keys.height, self.max_len), dtype=np.int64)
-        for r, (m, cutoff_us) in enumerate(keys.select("member_id", pl.col("cutoff").dt.epoch("us")).iter_rows()):
-            if m in seqs:
-                t, c = seqs[m]
-                end = int(np.searchsorted(t, cutoff_us, side="left"))  # strictly before the cutoff
-                s = c[max(0, end - self.max_len):end]
-                if s.size:
-                    batch[r, -s.size:] = s
+        hist = _histories(ev, keys, self.max_len)
+        key_index = rows.join(keys.with_row_index("__k"), on=["member_id", "cutoff"], how="left")["__k"]
+        codes, attrs = _item_inputs(rows["item_id"], self.codes, item_rows, tokens)
+        task = np.array(rows["task_id"].replace_strict(self.task_index, default=0, return_dtype=pl.Int64).to_numpy())
         module = self.module
         module.eval()
         with torch.no_grad():
-            reps = torch.cat([module(torch.from_numpy(batch[i:i + 512]))[:, -1]
-                              for i in range(0, max(1, keys.height), 512)]) if keys.height else None
-            key_index = rows.join(keys.with_row_index("__k"), on=["member_id", "cutoff"], how="left")["__k"]
-            emb = module.item(torch.from_numpy(self._code(rows["item_id"])))
-            scores = (reps[torch.from_numpy(key_index.to_numpy().astype(np.int64))] * emb).sum(-1)
+            reps = torch.cat([module(*table.tensors(hist[i:i + 512]))[:, -1] for i in range(0, keys.height, 512)])
+            h = reps[torch.from_numpy(key_index.to_numpy().astype(np.int64))]
+            e = module.embed(torch.from_numpy(codes), torch.from_numpy(attrs))
+            scores = (module.task_logits(h, torch.from_numpy(task), e) if self.task_aware
+                      else (h * e).sum(-1))
         return scores.double().numpy()
 
 
-def fit_sasrec(data: BaselineData, cfg: BaselineConfig) -> SASRecBaseline:
-    """Next-item BCE with one uniformly sampled negative per position, train split only.
+def fit_sasrec(data: BaselineData, cfg: BaselineConfig, lists: pl.DataFrame | None = None,
+               task_ids: Sequence[str] = ()) -> SASRecBaseline:
+    """Next-item pretraining (``sasrec_epochs``), then, when ``lists`` are given (training
+    lists of :func:`training_lists`: ``member_id, task_id, cutoff, item_id, label``) and
+    ``cfg.sasrec_task_aware``, per-task BCE on them (``sasrec_task_epochs``).
 
-    Sequences are each member's engaged events (actions not in ``not_engaged_actions``)
-    of the train split, cut into chunks of ``sasrec_max_len + 1``."""
+    Pretraining sequences are each member's engaged events (actions not in
+    ``not_engaged_actions``) of the train split, cut into chunks of ``sasrec_max_len + 1``,
+    one uniformly drawn item of the items table as the negative per position. A list
+    row's sequence is the member's engaged events strictly before its cutoff (as at
+    scoring time). Item ids with at least ``sasrec_min_item_count`` train-split events
+    (any action) get their own embedding."""
     import torch
 
-    ev = (data.interactions.filter((pl.col("split") == "train")
-                                   & ~pl.col("action").is_in(cfg.not_engaged_actions))
-          .sort("member_id", "timestamp", "item_id"))
-    counts = ev.group_by("item_id").len("n").filter(pl.col("n") >= cfg.sasrec_min_item_count)
+    task_aware = cfg.sasrec_task_aware and lists is not None and cfg.sasrec_task_epochs > 0
+    train = data.interactions.filter(pl.col("split") == "train")
+    counts = train.group_by("item_id").len("n").filter(pl.col("n") >= cfg.sasrec_min_item_count)
     codes = {i: k + 2 for k, i in enumerate(sorted(counts["item_id"].to_list()))}
+    item_rows, tokens = _attribute_tokens(data.items, cfg.sasrec_attributes, cfg.sasrec_attribute_buckets)
+    ev = _engaged_events(data, cfg.not_engaged_actions)
+    actions = {a: k + 1 for k, a in enumerate(sorted(ev.filter(pl.col("split") == "train")["action"].unique()))}
+    table = _EventTable.build(ev, codes, item_rows, tokens, actions)
     L = cfg.sasrec_max_len
     chunks = []
-    for _, g in ev.group_by("member_id", maintain_order=True):
-        c = np.array(g["item_id"].replace_strict(codes, default=1, return_dtype=pl.Int64).to_numpy())
-        for end in range(c.size, 1, -L):  # targets of consecutive chunks do not overlap
-            s = c[max(0, end - L - 1):end]
+    for (_,), g in ev.with_row_index("__r", offset=1).filter(pl.col("split") == "train").group_by(
+            "member_id", maintain_order=True):
+        r = g["__r"].to_numpy()
+        for end in range(r.size, 1, -L):  # targets of consecutive chunks do not overlap
+            s = r[max(0, end - L - 1):end]
             row = np.zeros(L + 1, dtype=np.int64)
             row[-s.size:] = s
             chunks.append(row)
-    if not chunks:
+    if not chunks and not task_aware:
         raise ValueError("no training sequence of two or more engaged events: SASRec cannot be fitted "
                          "(check BaselineConfig.not_engaged_actions and the train split)")
+    task_index = {t: k + 1 for k, t in enumerate(task_ids)}
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
         torch.manual_seed(cfg.seed)
-        module = _sasrec_module(len(codes) + 2, cfg)
-        _train_sasrec(module, torch.from_numpy(np.stack(chunks)), len(codes) + 2, cfg)
+        module = _sasrec_module(len(codes) + 2, len(actions), len(task_index), cfg)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        opt = torch.optim.Adam(module.parameters(), lr=cfg.sasrec_lr)
+        if chunks and cfg.sasrec_epochs:
+            catalogue = _item_inputs(data.items["item_id"], codes, item_rows, tokens)
+            _pretrain_sasrec(module, opt, gen, table, np.stack(chunks), catalogue, cfg)
+        if task_aware:
+            opt = torch.optim.Adam(module.parameters(), lr=cfg.sasrec_lr)
+            _finetune_sasrec(module, opt, gen, table, ev, lists, codes, item_rows, tokens, task_index, cfg)
     finally:
         torch.set_num_threads(threads)
-    return SASRecBaseline(module, codes, L, list(cfg.not_engaged_actions))
+    module.eval()
+    return SASRecBaseline(module, codes, actions, task_index, task_aware, list(cfg.sasrec_attributes),
+                          cfg.sasrec_attribute_buckets, L, list(cfg.not_engaged_actions))
 
 
-def _train_sasrec(module, sequences, n_codes: int, cfg: BaselineConfig) -> None:
+def _drop_ids(codes, p: float, gen):
+    """Training: known ids (>= 2) replaced by the unknown id 1 with probability ``p``."""
+    import torch
+
+    if p <= 0:
+        return codes
+    return torch.where((codes >= 2) & (torch.rand(codes.shape, generator=gen) < p), torch.ones_like(codes), codes)
+
+
+def _pretrain_sasrec(module, opt, gen, table: _EventTable, chunks: np.ndarray,
+                     catalogue: tuple[np.ndarray, np.ndarray], cfg: BaselineConfig) -> None:
     import torch
     from torch.nn import functional as F
 
-    opt = torch.optim.Adam(module.parameters(), lr=cfg.sasrec_lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    sequences = torch.from_numpy(chunks)
+    cat_codes, cat_attrs = torch.from_numpy(catalogue[0]), torch.from_numpy(catalogue[1])
     module.train()
     for _ in range(cfg.sasrec_epochs):
         for idx in torch.randperm(len(sequences), generator=gen).split(cfg.sasrec_batch_size):
-            seq = sequences[idx]
-            inp, tgt = seq[:, :-1], seq[:, 1:]
-            neg = torch.randint(1, n_codes, tgt.shape, generator=gen)
-            h = module(inp)
-            pos_logit = (h * module.item(tgt)).sum(-1)
-            neg_logit = (h * module.item(neg)).sum(-1)
-            real = ((inp != 0) & (tgt != 0)).float()
+            codes, attrs, acts = table.tensors(sequences[idx].numpy())
+            codes = _drop_ids(codes, cfg.sasrec_id_dropout, gen)
+            h = module(codes[:, :-1], attrs[:, :-1], acts[:, :-1])
+            neg = torch.randint(0, len(cat_codes), codes[:, 1:].shape, generator=gen)
+            pos_logit = (h * module.embed(codes[:, 1:], attrs[:, 1:])).sum(-1)
+            neg_logit = (h * module.embed(cat_codes[neg], cat_attrs[neg])).sum(-1)
+            real = ((codes[:, :-1] != 0) & (codes[:, 1:] != 0)).float()
             bce = (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit), reduction="none")
                    + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit), reduction="none"))
             loss = (bce * real).sum() / real.sum().clamp(min=1)
             opt.zero_grad()
             loss.backward()
             opt.step()
-    module.eval()
+
+
+def _finetune_sasrec(module, opt, gen, table: _EventTable, events: pl.DataFrame, lists: pl.DataFrame,
+                     codes: dict[str, int], item_rows: dict[str, int], tokens: np.ndarray,
+                     task_index: dict[str, int], cfg: BaselineConfig) -> None:
+    """Per-task BCE on the training lists: the task's FiLM of the member's sequence vector
+    before the list's cutoff, dotted with the candidate's vector, plus the task's bias."""
+    import torch
+    from torch.nn import functional as F
+
+    keys = lists.select("member_id", "cutoff").unique().sort("member_id", "cutoff")
+    hist = _histories(events, keys, cfg.sasrec_max_len)
+    # rows grouped by their (member, cutoff): a step encodes each sequence once
+    lists = lists.join(keys.with_row_index("__k"), on=["member_id", "cutoff"], how="left").sort("__k", maintain_order=True)
+    q = lists["__k"].to_numpy().astype(np.int64)
+    bounds = np.searchsorted(q, np.arange(keys.height + 1))
+    c, a = _item_inputs(lists["item_id"], codes, item_rows, tokens)
+    cand_codes, cand_attrs = torch.from_numpy(c), torch.from_numpy(a)
+    task = torch.from_numpy(np.array(lists["task_id"].replace_strict(task_index, default=0,
+                                                                      return_dtype=pl.Int64).to_numpy()))
+    y = torch.from_numpy(lists["label"].to_numpy().astype(np.float32))
+    module.train()
+    for _ in range(cfg.sasrec_task_epochs):
+        for uq in torch.randperm(keys.height, generator=gen).split(cfg.sasrec_task_batch_size):
+            uq = uq.numpy()
+            idx = torch.from_numpy(np.concatenate([np.arange(bounds[k], bounds[k + 1]) for k in uq]))
+            inv = torch.from_numpy(np.repeat(np.arange(uq.size), bounds[uq + 1] - bounds[uq]))
+            s_codes, s_attrs, s_acts = table.tensors(hist[uq])
+            h = module(_drop_ids(s_codes, cfg.sasrec_id_dropout, gen), s_attrs, s_acts)[:, -1]
+            e = module.embed(_drop_ids(cand_codes[idx], cfg.sasrec_id_dropout, gen), cand_attrs[idx])
+            loss = F.binary_cross_entropy_with_logits(module.task_logits(h[inv], task[idx], e), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
 
 
 # ============================================================================ fit / score
@@ -630,17 +863,22 @@ def fit_baselines(data: BaselineData, tasks: Sequence[TaskSpec], cfg: BaselineCo
     """Fit the baselines of ``cfg.baselines`` on the train split, every task of ``tasks``."""
     cfg = cfg or BaselineConfig()
     out: dict[str, Baseline] = {}
-    if {"popularity", "lightgbm"} & set(cfg.baselines):
-        lists = training_lists(data, tasks, cfg, relabel)
-        lists = _cap_lists(lists, cfg)
+    with_features = {"popularity", "lightgbm", "lightgbm_ids"} & set(cfg.baselines)
+    task_sasrec = "sasrec" in cfg.baselines and cfg.sasrec_task_aware and cfg.sasrec_task_epochs > 0
+    if with_features or task_sasrec:
+        lists = _cap_lists(training_lists(data, tasks, cfg, relabel), cfg)
+    if with_features:
         feats = point_in_time_features(data, lists, tasks, cfg)
         names = feature_names(feats, lists.columns)
         if "popularity" in cfg.baselines:
             out["popularity"] = fit_popularity(feats, tasks)
         if "lightgbm" in cfg.baselines:
             out["lightgbm"] = fit_lightgbm(feats, names, tasks, data, cfg)
+        if "lightgbm_ids" in cfg.baselines:
+            out["lightgbm_ids"] = fit_lightgbm(feats, id_count_features(names), tasks, data, cfg,
+                                               id_features=True, name="lightgbm_ids")
     if "sasrec" in cfg.baselines:
-        out["sasrec"] = fit_sasrec(data, cfg)
+        out["sasrec"] = fit_sasrec(data, cfg, lists if task_sasrec else None, [t.id for t in tasks])
     for model in out.values():
         model.tasks = list(tasks)  # the feature builder needs the registry at scoring time
         model.cfg = cfg

@@ -12,8 +12,11 @@ of a random order in expectation, not the flattering order of the input.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -148,6 +151,148 @@ def bootstrap_auc_ci(scores, labels, groups=None, n: int = 1000, alpha: float = 
         return AucInterval(point, float("nan"), float("nan"), 0)
     low, high = np.quantile(reps, [alpha / 2.0, 1.0 - alpha / 2.0])
     return AucInterval(point, float(low), float(high), int(reps.size))
+
+
+# ---------------------------------------------------------------------------- paired bootstrap
+class _AucPlan(NamedTuple):
+    """One scorer's rows sorted by score, with the start of every block of tied scores:
+    enough to compute its AUC under any row weights without sorting again."""
+
+    order: np.ndarray
+    pos: np.ndarray  # label > 0, in sorted order
+    starts: np.ndarray
+
+
+def _auc_plan(s: np.ndarray, y: np.ndarray) -> _AucPlan:
+    order = np.argsort(s, kind="stable")
+    ss = s[order]
+    new = np.ones(ss.size, dtype=bool)
+    new[1:] = ss[1:] != ss[:-1]
+    return _AucPlan(order, y[order] > 0, np.flatnonzero(new))
+
+
+def _auc_replicates(plan: _AucPlan, weights: np.ndarray) -> np.ndarray:
+    """Weighted AUC (ties one half) under each row of ``weights`` (replicates x rows, in
+    the rows' original order); ``nan`` where a replicate weighs one class only."""
+    if plan.order.size == 0:
+        return np.full(weights.shape[0], np.nan)
+    w = weights[:, plan.order]
+    wp = w * plan.pos
+    wn = w - wp
+    p = np.add.reduceat(wp, plan.starts, axis=1)
+    q = np.add.reduceat(wn, plan.starts, axis=1)
+    below = np.cumsum(q, axis=1) - q
+    num = (p * (below + 0.5 * q)).sum(axis=1)
+    den = p.sum(axis=1) * q.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+class PairedDelta(NamedTuple):
+    """AUC(a) - AUC(b) on the same rows and its percentile interval over paired replicates
+    (``n_valid``: replicates where the delta is defined)."""
+
+    delta: float
+    low: float
+    high: float
+    n_valid: int
+
+
+@dataclass(frozen=True)
+class PairedDeltas:
+    """What :func:`paired_bootstrap_auc_delta` found: per task and per named mean of tasks."""
+
+    tasks: list                         # task ids, sorted
+    per_task: dict[Any, PairedDelta]    # task -> delta of its pooled AUCs
+    auc_a: dict[Any, float]             # task -> point AUC of scorer a
+    auc_b: dict[Any, float]
+    means: dict[str, PairedDelta]       # name -> mean over its tasks of the per-task delta
+    mean_tasks: dict[str, list]         # name -> the tasks that mean averages (delta defined)
+    n: int                              # replicates drawn
+
+
+def paired_bootstrap_auc_delta(scores_a, scores_b, labels, members, tasks=None,
+                               means: Mapping[str, Sequence] | None = None, n: int = 1000,
+                               alpha: float = 0.05, seed: int = 0,
+                               max_cells: int = 4_000_000) -> PairedDeltas:
+    """Paired cluster bootstrap of the AUC difference of two scorers on the same rows.
+
+    ``scores_a``, ``scores_b``, ``labels``, ``members`` and ``tasks`` have one entry per
+    row (candidate); ``tasks=None`` is one task. Each replicate resamples **member ids**
+    with replacement (multinomial counts, one draw shared by every task) and keeps all
+    their rows, as weights: both scorers' pooled AUCs of each task are recomputed on the
+    same weighted rows, so the interval is that of the *difference* (the two scorers'
+    errors are correlated, their separate intervals say little about it), and rows of a
+    member (correlated within a list and across tasks) move together.
+
+    ``means`` names groups of tasks (default ``{"mean": every task}``); a group's delta is
+    the mean over its tasks of the per-task delta, computed inside every replicate from
+    the same draw, so a member present in several tasks counts once per replicate. A
+    group averages the tasks whose point delta is defined; a replicate in which a task's
+    AUC is undefined (no positive or no negative of it drawn) averages the others.
+
+    Percentile interval ``[alpha/2, 1 - alpha/2]``; deterministic for a given ``seed``.
+    Cost: O(``n`` x rows), replicates in chunks of at most ``max_cells`` weights."""
+    a, y = _check(scores_a, labels, "scores_a")
+    b, _ = _check(scores_b, labels, "scores_b")
+    m = np.asarray(members).ravel()
+    if m.size != a.size:
+        raise ValueError(f"members has {m.size} entries but there are {a.size} scores: one member id per row")
+    t = np.zeros(a.size, dtype=np.int64) if tasks is None else np.asarray(tasks).ravel()
+    if t.size != a.size:
+        raise ValueError(f"tasks has {t.size} entries but there are {a.size} scores: one task id per row")
+    if n < 1:
+        raise ValueError(f"n={n}: draw at least one replicate")
+    _, mcode = np.unique(m, return_inverse=True)
+    n_members = int(mcode.max()) + 1 if mcode.size else 0
+    task_ids = sorted(np.unique(t).tolist())
+    rows = {k: np.flatnonzero(t == k) for k in task_ids}
+    plans = {k: (_auc_plan(a[r], y[r]), _auc_plan(b[r], y[r])) for k, r in rows.items()}
+    auc_a = {k: roc_auc(a[r], y[r]) for k, r in rows.items()}
+    auc_b = {k: roc_auc(b[r], y[r]) for k, r in rows.items()}
+    point = {k: auc_a[k] - auc_b[k] for k in task_ids}
+    means = {"mean": task_ids} if means is None else {name: list(ts) for name, ts in means.items()}
+    unknown = sorted({str(x) for ts in means.values() for x in ts} - {str(x) for x in task_ids})
+    if unknown:
+        raise ValueError(f"means name tasks {unknown} that have no rows: name tasks of `tasks`")
+    reps = np.full((n, len(task_ids)), np.nan)
+    if n_members:
+        rng = np.random.default_rng(seed)
+        widest = max([n_members, *(r.size for r in rows.values())])
+        chunk = max(1, min(n, max_cells // max(1, widest)))
+        uniform = np.full(n_members, 1.0 / n_members)
+        for lo in range(0, n, chunk):
+            c = min(chunk, n - lo)
+            counts = rng.multinomial(n_members, uniform, size=c).astype(np.float64)
+            for j, k in enumerate(task_ids):
+                if math.isnan(point[k]):
+                    continue
+                w = counts[:, mcode[rows[k]]]
+                pa, pb = plans[k]
+                reps[lo:lo + c, j] = _auc_replicates(pa, w) - _auc_replicates(pb, w)
+    col = {k: j for j, k in enumerate(task_ids)}
+
+    def interval(d: float, r: np.ndarray) -> PairedDelta:
+        r = r[~np.isnan(r)]
+        if math.isnan(d) or r.size == 0:
+            return PairedDelta(d, math.nan, math.nan, int(r.size))
+        low, high = np.quantile(r, [alpha / 2.0, 1.0 - alpha / 2.0])
+        return PairedDelta(float(d), float(low), float(high), int(r.size))
+
+    per_task = {k: interval(point[k], reps[:, col[k]]) for k in task_ids}
+    out_means, mean_tasks = {}, {}
+    for name, ts in means.items():
+        keep = [k for k in task_ids if k in set(ts) and not math.isnan(point[k])]
+        mean_tasks[name] = keep
+        if not keep:
+            out_means[name] = PairedDelta(math.nan, math.nan, math.nan, 0)
+            continue
+        sub = reps[:, [col[k] for k in keep]]
+        with warnings.catch_warnings():  # all-nan replicates stay nan and are dropped
+            warnings.simplefilter("ignore", RuntimeWarning)
+            rep_mean = np.nanmean(sub, axis=1)
+        out_means[name] = interval(float(np.mean([point[k] for k in keep])), rep_mean)
+    return PairedDeltas(task_ids, per_task, auc_a, auc_b, out_means, mean_tasks, n)
 
 
 # ---------------------------------------------------------------------------- nDCG
