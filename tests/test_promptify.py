@@ -332,3 +332,19 @@ def test_sampled_negatives_are_items_shown_just_before_the_cutoff():
     # any surface when none is asked for; nothing before the first impression
     assert any(g.startswith("search") for g in sampler.sample(np.random.default_rng(2), "job", None, cut, set(), 25))
     assert sampler.sample(np.random.default_rng(0), "job", "jobs-home", cut - 40 * 86_400_000_000, set(), 3) == []
+
+
+def test_match_hints_end_every_candidate_text_and_count_only_prior_history(toy, tmp_path):
+    cfg = toy["cfg"].model_copy(update={"match_hints": True})
+    prepared, _ = prepare_member_table(toy["root"] / "split", toy["tasks"], cfg, tmp_path / "prep")
+    assert prepared.match_hints is not None and prepared.match_hints.exists()
+    builder = PromptBuilder(str(toy["tok"]), prepared, toy["tasks"], cfg)
+    ex = pl.from_arrow(builder(pq.read_table(sorted(prepared.members_dir.glob("*.parquet")))))
+    md = ex.filter(pl.col("style") == "markdown")
+    assert md.height > 0
+    for cands in md["candidates"]:
+        for c in cands:
+            # the toy tables share `skills` (members) only with nothing: no profile match
+            assert "\n- Matches your profile: none" in c, c
+    off = _build(toy)
+    assert not any("Matches your profile" in c for cs in off["candidates"] for c in cs)

@@ -180,6 +180,18 @@ class PromptifyConfig(StrictModel):
         "(components/promptify/item_stats.py).")
     item_stats_actions: list[str] = Field(
         ["rate"], min_length=1, description="Actions counted by promptify.item_stats.")
+    match_hints: bool = Field(
+        False, description="Append what the candidate shares with the member to its text: "
+        "matching profile fields (same industry, city, shared skills) and how many history "
+        "events were on items with its company / industry / topic, as of the cutoff. Derived "
+        "from text already in the prompt; lets a small from-scratch model read the comparison "
+        "instead of growing it (components/promptify/matches.py).")
+    match_fields: dict[str, str] | None = Field(
+        None, description="match_hints: {member column: item column} to compare; default: the "
+        "columns both tables have (ids, dates and free text excluded).")
+    match_history_fields: list[str] | None = Field(
+        None, description="match_hints: item columns counted in the member's history; default "
+        "company, industry, topic where the items table has them; []: no history hint.")
 
 
 class TrainingConfig(StrictModel):

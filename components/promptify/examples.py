@@ -16,6 +16,7 @@ its cutoff is the time of its earliest question. Nothing at or after it can appe
 
 from __future__ import annotations
 
+import pickle
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -127,14 +128,15 @@ class PreparedData:
     items_text: Path       # item_id, item_type, full_<style>
     item_pools: Path       # negatives' pool: the catalogue or the impressions (negatives.py)
     item_events: Path | None = None  # events behind as-of item statistics (item_stats.py)
+    match_hints: Path | None = None  # pickled MatchHints (matches.py), with promptify.match_hints
 
     @classmethod
     def from_dir(cls, out_dir: Path) -> PreparedData:
         """The outputs :func:`prepare_member_table` wrote under ``out_dir``."""
         out_dir = Path(out_dir)
-        events = out_dir / "item_events.parquet"
+        events, hints = out_dir / "item_events.parquet", out_dir / "match_hints.pkl"
         return cls(out_dir / "member_rows", out_dir / "items_text.parquet", out_dir / "item_pools.parquet",
-                   events if events.exists() else None)
+                   events if events.exists() else None, hints if hints.exists() else None)
 
 
 def example_accounting(examples: pl.LazyFrame | pl.DataFrame, prepare_stats: dict[str, float]) -> dict[str, float]:
@@ -227,6 +229,15 @@ def prepare_member_table(
     pools_path = out_dir / "item_pools.parquet"
     pools.write_parquet(pools_path)
     events_path = None
+    match_path = None
+    if cfg.match_hints:
+        from components.promptify.matches import MatchHints
+
+        match_path = out_dir / "match_hints.pkl"
+        hints = MatchHints.build(members, items, hist.select("member_id", "item_id", "timestamp"),
+                                 cfg.match_fields, cfg.match_history_fields)
+        with match_path.open("wb") as f:
+            pickle.dump(hints, f, protocol=pickle.HIGHEST_PROTOCOL)
     if cfg.item_stats:
         events_path = out_dir / "item_events.parquet"
         inter.select("member_id", "item_id", "action", "timestamp",
@@ -246,7 +257,7 @@ def prepare_member_table(
             labeled.filter((pl.col("split") == "train") & pl.col("task_id").is_in(list(held))).height
         ),
     }
-    return PreparedData(mdir, itext_path, pools_path, events_path), stats
+    return PreparedData(mdir, itext_path, pools_path, events_path, match_path), stats
 
 
 OUTPUT_SCHEMA = pa.schema([
@@ -302,6 +313,13 @@ class PromptBuilder:
                 raise ValueError("promptify.item_stats is on but the prepare stage wrote no item "
                                  "events: rerun prepare with the same promptify config")
             self.item_stats = ItemStatsAsOf.from_parquet(prepared.item_events, cfg.item_stats_actions)
+        self.match_hints = None
+        if cfg.match_hints:
+            if prepared.match_hints is None:
+                raise ValueError("promptify.match_hints is on but the prepare stage wrote no match "
+                                 "hints: rerun prepare with the same promptify config")
+            with Path(prepared.match_hints).open("rb") as f:
+                self.match_hints = pickle.load(f)
 
     # ------------------------------------------------------------------ one member
     def _member_examples(self, row: dict) -> list[dict]:
@@ -391,7 +409,8 @@ class PromptBuilder:
             "style": style,
             "prefix": prefix,
             "candidates": [
-                render_candidate(self._item_text(it, style, cutoff_us), self.item_type.get(it, task.item_type), style)
+                render_candidate(self._item_text(it, style, cutoff_us, mid), self.item_type.get(it, task.item_type),
+                                 style)
                 for it in items
             ],
             "candidate_item_ids": items,
@@ -435,11 +454,14 @@ class PromptBuilder:
             kept = [x for i, x in enumerate(kept) if i in pick]
         return [c for c, _ in kept], capped, dropped
 
-    def _item_text(self, item_id: str, style: str, cutoff_us: int) -> str:
-        """A candidate's text; with ``item_stats``, plus its statistics strictly before the cutoff."""
+    def _item_text(self, item_id: str, style: str, cutoff_us: int, member_id: str) -> str:
+        """A candidate's text; with ``item_stats``, plus its statistics strictly before the
+        cutoff; with ``match_hints``, plus what it shares with the member (matches.py)."""
         text = self.item_text[style].get(item_id, item_id)
         if self.item_stats is not None:
             text += self.item_stats.render(item_id, cutoff_us, style)
+        if self.match_hints is not None:
+            text += self.match_hints.render(member_id, item_id, cutoff_us, style)
         return text
 
     @staticmethod
