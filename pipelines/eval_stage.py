@@ -333,9 +333,10 @@ def evaluate(ctx: StageContext) -> dict[str, float]:
         logger.log_artifacts([p for p in report.files if p.parent.name == "plots"], "evaluate/plots")
         # per-row scores with member ids: paired statistics can be recomputed from MLflow alone
         logger.log_artifacts([ctx.out_dir / "scores.parquet"], "evaluate")
+    opposites, opposite_line = _opposite_check(ctx, examples, tasks, scores, logger)
     ctx.log("\n" + report.markdown)
-    for line in (*report.warnings, *report.verdicts):  # the verdicts last: under the table
-        ctx.log(line)
+    for line in (*report.warnings, *report.verdicts, *([opposite_line] if opposite_line else [])):
+        ctx.log(line)  # the verdicts last: under the table
     return {
         "prompts": float(examples.height),
         "candidates": float(flags.height),
@@ -344,7 +345,59 @@ def evaluate(ctx: StageContext) -> dict[str, float]:
         "fit_seconds": fit_seconds,
         "fanout_seconds": fanout_seconds,
         **report.metrics,
+        **opposites,
     }
+
+
+def _opposite_check(ctx: StageContext, examples: pl.DataFrame, tasks, scores: pl.DataFrame,
+                    logger: EvalRunLogger | None) -> tuple[dict[str, float], str | None]:
+    """Score correlation between opposite tasks (issue 14.6): ``opposites.csv``, a section
+    of ``summary.md``, metrics and a verdict line. The prompts as asked reuse the fan-out's
+    teacher scores; only the swapped ones are scored here."""
+    from components.evaluate.opposites import (
+        opposite_correlations,
+        opposite_pairs,
+        opposite_verdict,
+    )
+    from components.evaluate.report import markdown_table
+    from components.model.engine import ScoringEngine
+    from pipelines.teacher_stages import MODEL_DIR
+
+    ecfg = ctx.cfg.evaluate
+    pairs = opposite_pairs(tasks, ecfg.opposite_tasks)
+    if not pairs or ecfg.opposite_max_prompts == 0:
+        return {}, None
+    engine = ScoringEngine.from_pretrained(str(ctx.inputs["align"] / MODEL_DIR))
+    teacher = scores.filter(pl.col("model") == TEACHER).sort("example_id", "position")
+    asked = {e: g["score"].to_numpy() for (e,), g in teacher.group_by("example_id", maintain_order=True)}
+
+    def score(batch):
+        return [np.asarray(x, dtype=np.float64) for x in engine.score_batch(batch, margins=True)]
+
+    t0 = time.perf_counter()
+    table = opposite_correlations(examples, tasks, pairs, score, asked, ecfg.opposite_max_prompts,
+                                  ecfg.bootstrap_samples, ecfg.seed)
+    ctx.log(f"opposite-task check: {table.height} pairs in {time.perf_counter() - t0:.1f}s")
+    if table.height == 0:
+        return {}, None
+    path = ctx.out_dir / "opposites.csv"
+    table.write_csv(path)
+    line = opposite_verdict(table)
+    md = ("\n## Does the question matter? Opposite tasks\n\n"
+          "Each row: the teacher's scores on the first task's prompts as asked and asked with the "
+          "opposite task's question, Spearman correlation within each list (mean, 95% bootstrap "
+          "interval over lists). Reading the question gives < 0; ignoring it ~+1.\n\n"
+          + markdown_table(table) + f"\n\n- {line}\n")
+    summary = ctx.out_dir / "summary.md"
+    summary.write_text(summary.read_text() + md)
+    ctx.log_artifact(path)
+    if logger is not None:
+        logger.log_artifacts([path, summary], "evaluate")
+    metrics = {"opposite_corr_mean": float(table["mean_corr"].mean()),
+               "opposite_corr_max": float(table["mean_corr"].max()),
+               "opposite_pairs_negative": float((table["corr_high"] < 0).sum()),
+               "opposite_pairs": float(table.height)}
+    return metrics, line
 
 
 EVALUATE_STAGE = Stage(

@@ -36,6 +36,7 @@ from components.train.data import (
     tokenize_prompts,
 )
 from components.train.loop import (
+    answer_base_rate_entropy,
     build_tiny_llama,
     latest_checkpoint,
     load_weights,
@@ -375,6 +376,21 @@ def test_sft_loss_goes_down_and_auc_rises(corpus, tmp_path):
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
     assert res.evals[-1]["valid_auc"] > 0.6
     assert latest_checkpoint(tmp_path).name == "step_000040"
+
+
+def test_answer_loss_is_logged_against_the_base_rate_entropy(corpus, tmp_path):
+    tr, _ = sft_sets(corpus)
+    labels = np.concatenate([p.answer_labels for p in tr.prompts])
+    p = labels.mean()
+    h = answer_base_rate_entropy(tr)
+    assert h == pytest.approx(-(p * np.log(p) + (1 - p) * np.log(1 - p)))
+    tok = corpus["tok"]
+    yes, no = corpus["answers"]
+    res = train(build_tiny_llama(len(tok), **TINY, seed=0), tr, quick_cfg(max_steps=4, warmup_steps=1), tmp_path,
+                yes_id=yes, no_id=no, pad_id=tok.pad_token_id)
+    last = res.history[-1]
+    assert last["base_rate_entropy"] == pytest.approx(h)
+    assert last["answer_loss_over_base_rate"] == pytest.approx(last["loss_sft"] / h)
 
 
 def test_resume_continues_from_the_checkpoint_step_and_matches(corpus, tmp_path):

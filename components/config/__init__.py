@@ -254,9 +254,16 @@ class EvaluateConfig(StrictModel):
         "Bounds the teacher's CPU time (local profile: 150).")
     tasks: list[str] | None = Field(None, description="Task ids to evaluate; null: every task "
                                     "of the split, held-out ones included.")
-    baselines: list[Literal["popularity", "lightgbm", "sasrec"]] = Field(
-        ["popularity", "lightgbm", "sasrec"], description="ID-based baselines fitted on the "
-        "train split (components/evaluate/baselines.py).")
+    baselines: list[Literal["popularity", "lightgbm", "lightgbm_ids", "sasrec"]] = Field(
+        ["popularity", "lightgbm", "lightgbm_ids", "sasrec"], description="ID-based baselines "
+        "fitted on the train split (components/evaluate/baselines.py).")
+    opposite_tasks: list[list[str]] | None = Field(
+        None, description="Pairs [A, B] of tasks that should rank in opposite orders; A's "
+        "prompts are scored again asked as B (components/evaluate/opposites.py). null: derived "
+        "from the registry (apply vs dismiss, like vs hide, rate >= 4 vs <= 2).")
+    opposite_max_prompts: int = Field(
+        30, ge=0, description="Prompts of A per opposite pair scored with B's question; 0: no "
+        "opposite-task check.")
     bootstrap_samples: int = Field(1000, ge=0, description="Bootstrap replicates of each AUC "
                                    "interval (whole lists resampled); 0: no interval.")
     ece_bins: int = Field(10, ge=1, description="Equal-mass bins of the ECE and the calibration plot.")

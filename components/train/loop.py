@@ -206,6 +206,19 @@ def score_prompts(module: RankingLM, dataset: PromptDataset, pad_id: int, batch_
     return scores, labels, prompt
 
 
+def answer_base_rate_entropy(dataset: PromptDataset) -> float:
+    """Binary entropy (nats) of the share of positive answers in ``dataset``: the answer
+    loss of a model that predicts only that share. nan without answers."""
+    labels = [p.answer_labels for p in dataset.prompts] if getattr(dataset, "with_answers", False) else []
+    n = sum(len(x) for x in labels)
+    if n == 0:
+        return math.nan
+    p = float(sum(int(x.sum()) for x in labels)) / n
+    if p <= 0 or p >= 1:
+        return 0.0
+    return float(-(p * math.log(p) + (1 - p) * math.log(1 - p)))
+
+
 def validation_auc(module: RankingLM, dataset: PromptDataset, pad_id: int, batch_size: int = 2,
                    device: torch.device | None = None) -> dict[str, float]:
     """``valid_auc`` (all candidates pooled) and ``valid_prompt_auc`` (mean over prompts
@@ -392,6 +405,9 @@ def train(lm: nn.Module, train_set: PromptDataset | PackedDataset, cfg: TrainCon
         history, evals = state.get("history", []), state.get("evals", [])
         tokens_seen = int(state.get("tokens_seen", 0))
 
+    # the answer loss of a model that knows only the positive rate: a run whose loss_sft
+    # stays near it has learned the base rate, not the member-candidate match (issue 14)
+    base_entropy = answer_base_rate_entropy(train_set) if cfg.stage != "cpt" else math.nan
     lengths = ([len(train_set[i]) for i in range(len(train_set))]
                if cfg.group_by_length else None)
     plan = BatchPlan(len(train_set), cfg.batch_size, cfg.seed, rank, world,
@@ -449,6 +465,9 @@ def train(lm: nn.Module, train_set: PromptDataset | PackedDataset, cfg: TrainCon
         if on_step is not None:
             on_step(done, metrics)
         if done % cfg.log_every == 0 or done == cfg.max_steps:
+            if "loss_sft" in metrics and base_entropy > 0:
+                metrics["base_rate_entropy"] = base_entropy
+                metrics["answer_loss_over_base_rate"] = metrics["loss_sft"] / base_entropy
             metrics["tokens_per_s"] = window_tokens / max(window_seconds, 1e-9)
             metrics["tokens_per_s_per_worker"] = metrics["tokens_per_s"] / world
             window_tokens, window_seconds = 0, 0.0
