@@ -219,9 +219,10 @@ def analyze(
 
       rankbrew analyze --run-id RUN_ID --set analyses.training.steps=300
     """
+    from components.analyses import AnalysisError
     from components.tracking import default_tracking_uri
-    from pipelines.analyses import AnalysisError, find_run_artifacts
     from pipelines.analyses import analyze as run_analyses
+    from pipelines.analyses import find_run_artifacts
 
     cfg = _load(profile, set_)
     work_dir = cfg.run.work_dir.resolve()

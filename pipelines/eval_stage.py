@@ -257,7 +257,7 @@ def evaluate(ctx: StageContext) -> dict[str, float]:
     from components.evaluate.baselines import BaselineConfig, BaselineData, fit_baselines
     from components.evaluate.report import write_report
     from components.evaluate.slices import candidate_rows, slice_flags
-    from pipelines.stages import load_pipeline_tasks
+    from pipelines.tasks import load_pipeline_tasks
     from pipelines.teacher_stages import MODEL_DIR
 
     ecfg = ctx.cfg.evaluate
@@ -403,7 +403,7 @@ def _opposite_check(ctx: StageContext, examples: pl.DataFrame, tasks, scores: pl
 EVALUATE_STAGE = Stage(
     "evaluate", evaluate, deps=("split", "promptify", "align"), config_keys=("evaluate",), num_cpus=0,
     code=("components.evaluate", "components.model", "components.promptify", "components.data.synthetic",
-          "pipelines.stages", "pipelines.teacher_stages"),
+          "pipelines.tasks", "pipelines.teacher_stages"),
     description="teacher vs baselines per task: Ray fan-out, nested MLflow runs, summary + plots",
 )
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from components.config import PipelineConfig, config_hash
 from pipelines.dag import Pipeline, Stage, StageContext, fingerprint_paths
+from pipelines.tasks import load_pipeline_tasks
 
 
 def source_actions(cfg: PipelineConfig) -> list[str]:
@@ -105,27 +106,6 @@ def split(ctx: StageContext) -> dict[str, float]:
     for bucket, members in activity_buckets(inter).iter_rows():
         metrics[f"members_with_events.{bucket.replace('>', 'over_')}"] = float(members)
     return metrics
-
-
-def task_domain(cfg: PipelineConfig) -> str:
-    """Which tasks of the registry apply to this dataset."""
-    if cfg.promptify.domain:
-        return cfg.promptify.domain
-    return {"synthetic": "professional", "movielens": "movielens"}.get(cfg.data.source, cfg.data.source)
-
-
-def load_pipeline_tasks(cfg: PipelineConfig):
-    """The tasks of the profile's domain; an error if there are none."""
-    from components.promptify.tasks import load_tasks
-
-    reg = load_tasks([Path(p) for p in cfg.promptify.tasks] if cfg.promptify.tasks else None)
-    tasks = reg.for_domain(task_domain(cfg))
-    if not tasks:
-        raise ValueError(
-            f"no task of domain '{task_domain(cfg)}' in the registry: add tasks with that domain "
-            f"or set promptify.domain / promptify.tasks"
-        )
-    return tasks
 
 
 def _tasks_fingerprint(cfg: PipelineConfig) -> str:
@@ -228,7 +208,7 @@ def promptify(ctx: StageContext) -> dict[str, float]:
 # upstream stage already declares costs nothing (its key changes anyway, and so do the
 # keys after it); forgetting a module reuses stale artifacts.
 DATA_CODE = ("components.data",)
-PROMPT_CODE = ("components.promptify", "components.data")
+PROMPT_CODE = ("components.promptify", "components.data", "pipelines.tasks")
 
 DATA_STAGES = (
     Stage("ingest", ingest, config_keys=("data",), fingerprint=_source_fingerprint,

@@ -184,7 +184,7 @@ def gate_against_popularity(ctx: StageContext) -> GateResult:
     from components.evaluate.baselines import BaselineConfig, BaselineData
     from components.evaluate.gate import popularity_gate
     from pipelines.eval_stage import steering_relabel_hook
-    from pipelines.stages import load_pipeline_tasks
+    from pipelines.tasks import load_pipeline_tasks
 
     rows = pl.read_parquet(ctx.out_dir / VALID_SCORES)
     tasks = load_pipeline_tasks(ctx.cfg)
@@ -230,6 +230,9 @@ def align(ctx: StageContext) -> dict[str, float]:
         for k in ("valid_task_auc_mean", "valid_log_loss"):
             if k in before and k in metrics:
                 metrics[f"delta_vs_sft.{k}"] = metrics[k] - before[k]
+        if "delta_vs_sft.valid_task_auc_mean" in metrics:
+            ctx.log(f"align vs sft on validation: task-mean AUC {before['valid_task_auc_mean']:.3f} -> "
+                    f"{metrics['valid_task_auc_mean']:.3f} ({metrics['delta_vs_sft.valid_task_auc_mean']:+.3f})")
     _log_teacher(ctx, gate)
     return metrics
 
@@ -281,7 +284,7 @@ TEACHER_STAGES = (
           description="Ray Train FSDP2: answer-token SFT on promptified examples"),
     Stage("align", align, deps=("split", "promptify", "tokenizer", "sft"),
           code=(*TEACHER_CODE, "pipelines.registry", "components.evaluate", "pipelines.eval_stage",
-                "pipelines.stages"),
+                "pipelines.tasks"),
           config_keys=(*TRAIN_KEYS, "train.align", "train.registered_model_name",
                        "train.calibrate"), num_cpus=0,
           description="Ray Train FSDP2: pairwise ranking alignment -> registered teacher"),

@@ -6,6 +6,8 @@ stage saves an untrained 1-layer teacher, and every stage logs its MLflow run un
 pipeline run as ``rankbrew run`` does, so the analyses find the run the way the CLI does.
 The teacher is untrained: the wiring is under test; the steering correlation is tested
 with scorers whose answer is known (one follows the instruction, one does the opposite).
+The compute is ``components.analyses`` (``an``), the MLflow wiring ``pipelines.analyses``
+(``pa``).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from components import analyses as an
 from components import tracking
+from components.analyses import instruction_steering
 from components.config import load_config, with_absolute_paths
 from components.evaluate.metrics import roc_auc
-from pipelines import analyses as an
+from pipelines import analyses as pa
 from pipelines.dag import RunInfo, Stage, execute_stage
 from pipelines.stages import DATA_STAGES, PROMPT_STAGES
 
@@ -46,7 +50,7 @@ OVERRIDES = {
 def _promptify_in_process(ctx):
     """The promptify stage without Ray Data: the same PromptBuilder on all member rows."""
     from components.promptify.examples import PreparedData, PromptBuilder
-    from pipelines.stages import load_pipeline_tasks
+    from pipelines.tasks import load_pipeline_tasks
 
     prep = ctx.inputs["prepare"]
     prepared = PreparedData.from_dir(prep)
@@ -101,8 +105,8 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def analysed(world):
     cfg = world["cfg"]
-    art = an.find_run_artifacts(world["uri"], cfg.run.name, cfg.run.work_dir / "artifacts")
-    results = an.analyze(cfg, art, tracking_uri=world["uri"], log=lambda m: None)
+    art = pa.find_run_artifacts(world["uri"], cfg.run.name, cfg.run.work_dir / "artifacts")
+    results = pa.analyze(cfg, art, tracking_uri=world["uri"], log=lambda m: None)
     return {"art": art, "results": {r.name: r for r in results}}
 
 
@@ -165,9 +169,9 @@ def test_context_budget_rerenders_promptify_exactly_and_respects_the_budget(worl
 
     cfg = world["cfg"]
     art = analysed["art"]
-    inputs = an.RunInputs.of(art, cfg)
+    inputs = pa.run_inputs(art, cfg)
     ctx = an.AnalysisContext(cfg, art, inputs, world["root"] / "unused")
-    rows = an._eval_rows(ctx, 6)
+    rows = an.eval_rows(ctx, 6)
     renderer = an.PrefixRenderer(art, inputs, rows["member_id"].unique().to_list())
     renderer.check_reproduces(rows)  # the run's budget gives the stored prefixes back
     tampered = rows.with_columns(pl.col("prefix").str.replace("## Past activity", "## Past events"))
@@ -238,7 +242,7 @@ def test_steering_measures_how_the_ranking_moves(world, analysed, monkeypatch, s
     from components.data.synthetic import steering_weights, utility, utility_components
 
     cfg, art = world["cfg"], analysed["art"]
-    inputs = an.RunInputs.of(art, cfg)
+    inputs = pa.run_inputs(art, cfg)
     split = art.stage("split")
     members, items = pl.read_parquet(split / "members"), pl.read_parquet(split / "items")
     ex = pl.read_parquet(art.examples_dir).filter(pl.col("split") == cfg.analyses.split)
@@ -253,7 +257,7 @@ def test_steering_measures_how_the_ranking_moves(world, analysed, monkeypatch, s
     lookup = {p: np.asarray(u) for p, u in pl.concat(parts).group_by("prefix", maintain_order=True)
               .agg("u").iter_rows()}
     scorer = _KnownScorer(lookup, sign)
-    monkeypatch.setattr(an, "_engine", lambda *a, **k: scorer)
+    monkeypatch.setattr(instruction_steering, "load_engine", lambda *a, **k: scorer)
     ctx = an.AnalysisContext(cfg, art, inputs, world["root"] / f"steering_{sign}", log=lambda m: None)
     result = an.steering(ctx)
     assert scorer.unknown > 0, "the base instruction's prefixes differ from the steered ones"
@@ -292,7 +296,7 @@ def test_cli_analyze_finds_the_newest_run_and_prints_the_table(world, tmp_path):
 
 def test_movielens_like_data_skips_steering_with_a_reason(world, analysed):
     cfg, art = world["cfg"], analysed["art"]
-    inputs = an.RunInputs.of(art, cfg)
+    inputs = pa.run_inputs(art, cfg)
     ml = inputs.cfg.model_copy(update={"data": inputs.cfg.data.model_copy(update={"source": "movielens"})})
     ctx = an.AnalysisContext(cfg, art, an.RunInputs(ml, inputs.tasks), world["root"] / "ml")
     result = an.steering(ctx)
