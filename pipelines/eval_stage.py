@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from components.config import PipelineConfig
 from components.evaluate.report import TEACHER, EvalRecord
 from pipelines.dag import Stage, StageContext
 
@@ -80,20 +79,6 @@ def select_eval_rows(examples_dir: Path, split: str, max_per_task: int | None = 
             part = part[np.sort(rng.choice(part.height, size=max_per_task, replace=False))]
         parts.append(part)
     return pl.concat(parts)
-
-
-def steering_relabel_hook(cfg: PipelineConfig, tasks) -> Callable | None:
-    """The prepare stage's relabel hook (steering tasks of the synthetic world), or None."""
-    if cfg.data.source != "synthetic" or not any(t.steering for t in tasks):
-        return None
-    from components.promptify.steering import steering_relabel
-
-    world = cfg.data.synthetic
-
-    def relabel(labeled, members, items):
-        return steering_relabel(labeled, tasks, members, items, world)
-
-    return relabel
 
 
 # ============================================================================ one (model, task)
@@ -257,7 +242,7 @@ def evaluate(ctx: StageContext) -> dict[str, float]:
     from components.evaluate.baselines import BaselineConfig, BaselineData, fit_baselines
     from components.evaluate.report import write_report
     from components.evaluate.slices import candidate_rows, slice_flags
-    from pipelines.tasks import load_pipeline_tasks
+    from pipelines.tasks import load_pipeline_tasks, steering_relabel_hook
     from pipelines.teacher_stages import MODEL_DIR
 
     ecfg = ctx.cfg.evaluate

@@ -5,6 +5,7 @@ build the graph, was an import circle)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from components.config import PipelineConfig
@@ -29,3 +30,17 @@ def load_pipeline_tasks(cfg: PipelineConfig):
             f"or set promptify.domain / promptify.tasks"
         )
     return tasks
+
+
+def steering_relabel_hook(cfg: PipelineConfig, tasks) -> Callable | None:
+    """The prepare stage's relabel hook (steering tasks of the synthetic world), or None."""
+    if cfg.data.source != "synthetic" or not any(t.steering for t in tasks):
+        return None
+    from components.promptify.steering import steering_relabel
+
+    world = cfg.data.synthetic
+
+    def relabel(labeled, members, items):
+        return steering_relabel(labeled, tasks, members, items, world)
+
+    return relabel

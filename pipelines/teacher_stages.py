@@ -183,8 +183,7 @@ def gate_against_popularity(ctx: StageContext) -> GateResult:
 
     from components.evaluate.baselines import BaselineConfig, BaselineData
     from components.evaluate.gate import popularity_gate
-    from pipelines.eval_stage import steering_relabel_hook
-    from pipelines.tasks import load_pipeline_tasks
+    from pipelines.tasks import load_pipeline_tasks, steering_relabel_hook
 
     rows = pl.read_parquet(ctx.out_dir / VALID_SCORES)
     tasks = load_pipeline_tasks(ctx.cfg)
@@ -283,7 +282,7 @@ TEACHER_STAGES = (
           config_keys=(*TRAIN_KEYS, "train.sft"), num_cpus=0,
           description="Ray Train FSDP2: answer-token SFT on promptified examples"),
     Stage("align", align, deps=("split", "promptify", "tokenizer", "sft"),
-          code=(*TEACHER_CODE, "pipelines.registry", "components.evaluate", "pipelines.eval_stage",
+          code=(*TEACHER_CODE, "pipelines.registry", "components.evaluate",
                 "pipelines.tasks"),
           config_keys=(*TRAIN_KEYS, "train.align", "train.registered_model_name",
                        "train.calibrate"), num_cpus=0,
