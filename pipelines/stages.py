@@ -83,7 +83,7 @@ def validate(ctx: StageContext) -> dict[str, float]:
 
     src = ctx.inputs["ingest"]
     actions = json.loads((src / "actions.json").read_text())
-    report = validate_dataset(src, ctx.out_dir, actions)
+    report = validate_dataset(src, ctx.out_dir, actions, ctx.cfg.validation)
     for line in report.summary_lines():
         ctx.log(line)
     ctx.log_artifact(ctx.out_dir / "report.json")
@@ -213,7 +213,7 @@ PROMPT_CODE = ("components.promptify", "components.data", "pipelines.tasks")
 DATA_STAGES = (
     Stage("ingest", ingest, config_keys=("data",), fingerprint=_source_fingerprint,
           code=DATA_CODE, description="source -> canonical Parquet tables"),
-    Stage("validate", validate, deps=("ingest",), code=DATA_CODE,
+    Stage("validate", validate, deps=("ingest",), code=DATA_CODE, config_keys=("validation",),
           description="schema checks, quarantine with reasons, row accounting"),
     Stage("split", split, deps=("validate",), config_keys=("split",), version="2",
           code=DATA_CODE, description="temporal train/valid/test split, cold members/items"),

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 # config_base has no rankbrew imports: component configs below use it too (no cycle)
 from components.config_base import ConfigError, StrictModel
+from components.data.validate import ValidationConfig
 from components.model.factory import ModelConfig
 from components.train.config import TrainConfig, TrainDataConfig
 
@@ -383,6 +384,7 @@ class PipelineConfig(StrictModel):
     ray: RayConfig = RayConfig()
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
+    validation: ValidationConfig = ValidationConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     promptify: PromptifyConfig = PromptifyConfig()
     model: ModelConfig = ModelConfig()
