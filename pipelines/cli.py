@@ -47,9 +47,9 @@ def _parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _load(profile: str, overrides: list[str] | None) -> PipelineConfig:
+def _load(profile: str, overrides: list[str] | None, extra: dict[str, Any] | None = None) -> PipelineConfig:
     try:
-        return load_config(profile, _parse_overrides(overrides))
+        return load_config(profile, {**_parse_overrides(overrides), **(extra or {})})
     except ConfigError as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from None
@@ -67,10 +67,33 @@ def run(
     ] = None,
 ) -> None:
     """Run the pipeline for a profile; finished stages are reused from the artifact cache."""
+    _run_pipeline(_load(profile, set_), profile, force, stop_after)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option("--model", "-m", help="The model to score: a model directory, "
+                                       "models:/<name>/<version|@alias>, runs:/<run id>/<path>, or a "
+                                       "pipeline run id (its registered teacher).")],
+    profile: ProfileOpt = "local",
+    set_: SetOpt = None,
+    force: Annotated[
+        list[str] | None, typer.Option("--force", help="Rerun this stage and all downstream.")
+    ] = None,
+) -> None:
+    """Score a profile's test split with a model trained elsewhere, beside the baselines:
+    the data and prompt stages of the profile, then the evaluation (no training). Tasks the
+    model never trained on are reported as zero-shot. To see it next to another run in
+    `rankbrew compare`, log into that run's store: --set run.mlflow_tracking_uri=sqlite:///..."""
+    # the reference is passed as is (not through YAML: a run id of digits could read as a number)
+    cfg = _load(profile, set_, {"evaluate.model": model, "evaluate.enabled": True})
+    _run_pipeline(cfg, profile, force, None)
+
+
+def _run_pipeline(cfg: PipelineConfig, profile: str, force: list[str] | None, stop_after: str | None) -> None:
     from pipelines.dag import PipelineError, run_pipeline
     from pipelines.stages import build_pipeline
 
-    cfg = _load(profile, set_)
     pipeline = build_pipeline(cfg)
     console.print(f"[bold]rankbrew[/bold] pipeline '{pipeline.name}' profile={profile} "
                   f"config={config_hash(cfg)} stages={' -> '.join(pipeline.order)}")

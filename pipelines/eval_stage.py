@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from components.config import PipelineConfig
 from components.evaluate.report import TEACHER, EvalRecord
 from pipelines.dag import Stage, StageContext
 
@@ -243,7 +244,6 @@ def evaluate(ctx: StageContext) -> dict[str, float]:
     from components.evaluate.report import write_report
     from components.evaluate.slices import candidate_rows, slice_flags
     from pipelines.tasks import load_pipeline_tasks, steering_relabel_hook
-    from pipelines.teacher_stages import MODEL_DIR
 
     ecfg = ctx.cfg.evaluate
     t0 = time.perf_counter()
@@ -255,6 +255,16 @@ def evaluate(ctx: StageContext) -> dict[str, float]:
     if missing:
         raise ValueError(f"tasks {missing} of the examples are not in the task registry of this profile: "
                          f"set promptify.tasks / promptify.domain as the promptify stage had them")
+    model_dir = teacher_model_dir(ctx)
+    if ecfg.model is not None:
+        # a model trained elsewhere: a task is trained only if the model says it trained on it
+        from components.tracking.models import trained_tasks
+
+        trained = trained_tasks(model_dir) or set()
+        tasks = [t.model_copy(update={"held_out": t.id not in trained}) for t in tasks]
+        examples = examples.with_columns(held_out=~pl.col("task_id").is_in(sorted(trained)))
+        ctx.log(f"teacher: {ecfg.model} -> {model_dir}; trained on {len(trained & wanted)} of these "
+                f"tasks, the other {len(wanted - trained)} are zero-shot for it")
     ctx.log(f"{examples.height} '{ecfg.split}' prompts of {len(tasks)} tasks "
             f"({sum(t.held_out for t in tasks)} held out); baselines {ecfg.baselines}")
 
@@ -274,7 +284,7 @@ def evaluate(ctx: StageContext) -> dict[str, float]:
             f"{'on' if relabel else 'off'})")
 
     flags = slice_flags(candidate_rows(examples), data.items)
-    scorers = {TEACHER: str(ctx.inputs["align"] / MODEL_DIR), **baselines}
+    scorers = {TEACHER: str(model_dir), **baselines}
     settings = {"bootstrap_samples": ecfg.bootstrap_samples, "ece_bins": ecfg.ece_bins, "seed": ecfg.seed}
     logger = None
     if ctx.mlflow_run_id is not None:
@@ -318,7 +328,7 @@ def evaluate(ctx: StageContext) -> dict[str, float]:
         logger.log_artifacts([p for p in report.files if p.parent.name == "plots"], "evaluate/plots")
         # per-row scores with member ids: paired statistics can be recomputed from MLflow alone
         logger.log_artifacts([ctx.out_dir / "scores.parquet"], "evaluate")
-    opposites, opposite_line = _opposite_check(ctx, examples, tasks, scores, logger)
+    opposites, opposite_line = _opposite_check(ctx, model_dir, examples, tasks, scores, logger)
     ctx.log("\n" + report.markdown)
     for line in (*report.warnings, *report.verdicts, *([opposite_line] if opposite_line else [])):
         ctx.log(line)  # the verdicts last: under the table
@@ -334,7 +344,22 @@ def evaluate(ctx: StageContext) -> dict[str, float]:
     }
 
 
-def _opposite_check(ctx: StageContext, examples: pl.DataFrame, tasks, scores: pl.DataFrame,
+def teacher_model_dir(ctx: StageContext) -> Path:
+    """The model the stage evaluates: ``evaluate.model`` (resolved, downloaded under the
+    stage's directory when it lives in MLflow) or this run's align output."""
+    ecfg = ctx.cfg.evaluate
+    if ecfg.model is None:
+        from pipelines.teacher_stages import MODEL_DIR
+
+        return ctx.inputs["align"] / MODEL_DIR
+    from components.tracking import default_tracking_uri
+    from components.tracking.models import resolve_model
+
+    uri = ctx.cfg.run.mlflow_tracking_uri or default_tracking_uri(ctx.cfg.run.work_dir)
+    return resolve_model(ecfg.model, uri, ctx.out_dir / "model_download")
+
+
+def _opposite_check(ctx: StageContext, model_dir: Path, examples: pl.DataFrame, tasks, scores: pl.DataFrame,
                     logger: EvalRunLogger | None) -> tuple[dict[str, float], str | None]:
     """Score correlation between opposite tasks (issue 14.6): ``opposites.csv``, a section
     of ``summary.md``, metrics and a verdict line. The prompts as asked reuse the fan-out's
@@ -346,13 +371,12 @@ def _opposite_check(ctx: StageContext, examples: pl.DataFrame, tasks, scores: pl
     )
     from components.evaluate.report import markdown_table
     from components.model.engine import ScoringEngine
-    from pipelines.teacher_stages import MODEL_DIR
 
     ecfg = ctx.cfg.evaluate
     pairs = opposite_pairs(tasks, ecfg.opposite_tasks)
     if not pairs or ecfg.opposite_max_prompts == 0:
         return {}, None
-    engine = ScoringEngine.from_pretrained(str(ctx.inputs["align"] / MODEL_DIR))
+    engine = ScoringEngine.from_pretrained(str(model_dir))
     teacher = scores.filter(pl.col("model") == TEACHER).sort("example_id", "position")
     asked = {e: g["score"].to_numpy() for (e,), g in teacher.group_by("example_id", maintain_order=True)}
 
@@ -385,11 +409,33 @@ def _opposite_check(ctx: StageContext, examples: pl.DataFrame, tasks, scores: pl
     return metrics, line
 
 
+EVALUATE_CODE = ("components.evaluate", "components.model", "components.promptify", "components.data.synthetic",
+                 "components.tracking.models", "pipelines.tasks", "pipelines.teacher_stages")
 EVALUATE_STAGE = Stage(
     "evaluate", evaluate, deps=("split", "promptify", "align"), config_keys=("evaluate",), num_cpus=0,
-    code=("components.evaluate", "components.model", "components.promptify", "components.data.synthetic",
-          "pipelines.tasks", "pipelines.teacher_stages"),
+    code=EVALUATE_CODE,
     description="teacher vs baselines per task: Ray fan-out, nested MLflow runs, summary + plots",
+)
+
+
+def _model_fingerprint(cfg: PipelineConfig) -> str:
+    """What ``evaluate.model`` points to now (an alias's version, a directory's files)."""
+    from components.tracking import default_tracking_uri
+    from components.tracking.models import pinned_reference
+    from pipelines.dag import fingerprint_paths
+
+    uri = cfg.run.mlflow_tracking_uri or default_tracking_uri(cfg.run.work_dir)
+    pinned = pinned_reference(str(cfg.evaluate.model), uri)
+    local = Path(pinned)
+    files = fingerprint_paths(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else ""
+    return f"{pinned}|{files}"
+
+
+#: ``evaluate.model`` set: score a model trained elsewhere; no teacher stages run.
+EVALUATE_MODEL_STAGE = Stage(
+    "evaluate", evaluate, deps=("split", "promptify"), config_keys=("evaluate",), num_cpus=0,
+    code=EVALUATE_CODE, fingerprint=_model_fingerprint,
+    description="a given model (evaluate.model) vs baselines per task, zero-shot where it never trained",
 )
 
 

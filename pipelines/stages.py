@@ -235,10 +235,13 @@ PROMPT_STAGES = (
 
 def build_pipeline(cfg: PipelineConfig) -> Pipeline:
     """The full stage graph for a profile (later stages join as they are built)."""
-    from pipelines.eval_stage import EVALUATE_STAGE
+    from pipelines.eval_stage import EVALUATE_MODEL_STAGE, EVALUATE_STAGE
     from pipelines.teacher_stages import TEACHER_STAGES
 
     stages = DATA_STAGES + PROMPT_STAGES
+    if cfg.evaluate.enabled and cfg.evaluate.model is not None:
+        # a model trained elsewhere is scored: nothing to train here
+        return Pipeline(cfg.run.name, stages + (EVALUATE_MODEL_STAGE,))
     if cfg.train.enabled:
         stages += TEACHER_STAGES
         if cfg.evaluate.enabled:  # the evaluation needs the teacher

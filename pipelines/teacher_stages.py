@@ -43,6 +43,8 @@ def _run(ctx: StageContext, stage: str, data_update: dict[str, Any],
     from pipelines.train_job import run_training
 
     tcfg = ctx.cfg.train
+    if getattr(tcfg, stage).max_steps == 0:
+        return _skip(ctx, stage, base_model)
     assert ctx.resume_dir is not None
     data = tcfg.data.model_copy(update=data_update)
     uri = ctx.cfg.run.mlflow_tracking_uri or default_tracking_uri(ctx.cfg.run.work_dir)
@@ -76,6 +78,26 @@ def _run(ctx: StageContext, stage: str, data_update: dict[str, Any],
     ctx.log(f"{stage}: {out.seconds:.0f}s, loss {metrics['loss_first']:.3f} -> "
             f"{metrics['loss_last10_mean']:.3f}, {metrics['tokens_per_s_median']:.0f} tokens/s")
     return metrics
+
+
+def _skip(ctx: StageContext, stage: str, base_model: dict[str, Any] | str) -> dict[str, float]:
+    """``max_steps: 0``: the stage passes its input model on untrained (a checkpoint is
+    copied; a configured shape is built from its seed and saved with the tokenizer)."""
+    dest = ctx.out_dir / MODEL_DIR
+    if isinstance(base_model, str):
+        shutil.copytree(base_model, dest)
+    else:
+        from components.model.factory import save_model
+        from components.promptify.tokenizer import load_tokenizer
+        from pipelines.train_job import load_base_model
+
+        tok = load_tokenizer(ctx.inputs["tokenizer"] / "tokenizer")
+        model = load_base_model(base_model, len(tok), getattr(ctx.cfg.train, stage).seed,
+                                tok.pad_token_id, tok.eos_token_id)
+        save_model(model, tok, dest)
+    (ctx.out_dir / "history.json").write_text("[]")
+    ctx.log(f"{stage}: max_steps 0, skipped: the input model is passed on untrained")
+    return {"steps": 0.0, "train_seconds": 0.0}
 
 
 def _plot_history(history: list[dict[str, float]], stage: str, path: Path) -> Path:
@@ -216,8 +238,15 @@ def sft(ctx: StageContext) -> dict[str, float]:
 
 def align(ctx: StageContext) -> dict[str, float]:
     """Pairwise-ranking alignment from the SFT model; logs and registers the teacher."""
+    from components.tracking.models import write_trained_tasks
+    from pipelines.tasks import load_pipeline_tasks
+
     metrics = _run(ctx, "align", {"examples_dir": ctx.inputs["promptify"] / "examples"},
                    str(ctx.inputs["sft"] / MODEL_DIR))
+    # the tasks travel with the model: evaluate.model elsewhere reports the others as zero-shot
+    tasks = load_pipeline_tasks(ctx.cfg)
+    write_trained_tasks(ctx.out_dir / MODEL_DIR, [t.id for t in tasks if not t.held_out],
+                        [t.id for t in tasks if t.held_out])
     metrics.update(validation_report(ctx, ctx.out_dir / MODEL_DIR,
                                      ctx.cfg.train.data.max_valid_prompts or 200,
                                      calibrate=ctx.cfg.train.calibrate))
@@ -283,7 +312,7 @@ TEACHER_STAGES = (
           description="Ray Train FSDP2: answer-token SFT on promptified examples"),
     Stage("align", align, deps=("split", "promptify", "tokenizer", "sft"),
           code=(*TEACHER_CODE, "pipelines.registry", "components.evaluate",
-                "pipelines.tasks"),
+                "pipelines.tasks", "components.tracking.models"),
           config_keys=(*TRAIN_KEYS, "train.align", "train.registered_model_name",
                        "train.calibrate"), num_cpus=0,
           description="Ray Train FSDP2: pairwise ranking alignment -> registered teacher"),

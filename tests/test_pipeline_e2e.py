@@ -101,7 +101,7 @@ def test_synthetic_pipeline_then_cache_hit(ray_local, tmp_path):
              and r.data.tags.get("mlflow.parentRunId") == first.parent_run_id]
     models = {r.data.tags["rankbrew.model"] for r in evals}
     tasks = {r.data.tags["rankbrew.task"] for r in evals}
-    assert models == {"teacher", "popularity", "lightgbm", "sasrec"}
+    assert models == {"teacher", "popularity", "lightgbm", "lightgbm_ids", "sasrec"}
     assert len(evals) == len(models) * len(tasks) == ev.metrics["eval_runs"]
     assert any(r.data.tags["rankbrew.held_out"] == "true" for r in evals)
     assert all("auc" in r.data.metrics and "ndcg_at_10" in r.data.metrics for r in evals)
@@ -128,6 +128,34 @@ def test_synthetic_pipeline_then_cache_hit(ray_local, tmp_path):
     assert [len(g) for g in got] == [len(c) for c in ex["candidates"]]
     for g, w in zip(got, want, strict=True):
         assert max(abs(a - float(b)) for a, b in zip(g, w, strict=True)) < 1e-5
+    # the opposite-task check ran on the teacher's prompts
+    assert ev.metrics["opposite_pairs"] > 0 and (ev.path / "opposites.csv").exists()
+
+    # evaluate.model: the registered teacher scored by reference on the same data, no training;
+    # the tasks it trained on travel with it, so trained / zero-shot stay as they were
+    from pipelines.eval_stage import load_records
+
+    recs = load_records(ev.path)
+    trained = next(r.task_id for r in recs if r.model == "teacher" and not r.held_out)
+    held = next(r.task_id for r in recs if r.model == "teacher" and r.held_out)
+    ecfg = cfg.evaluate.model_copy(update={"model": f"models:/rankbrew-teacher/{versions[0].version}",
+                                           "tasks": [trained, held], "baselines": ["popularity"]})
+    by_ref = _run(cfg.model_copy(update={"evaluate": ecfg}))
+    assert list(by_ref.results) == ["ingest", "validate", "split", "prepare", "tokenizer", "promptify",
+                                    "evaluate"]
+    assert all(by_ref.results[s].cached for s in list(by_ref.results)[:-1])
+    again = {(r.task_id, r.held_out): r.metrics["auc"] for r in load_records(by_ref.results["evaluate"].path)
+             if r.model == "teacher"}
+    before = {(r.task_id, r.held_out): r.metrics["auc"] for r in recs
+              if r.model == "teacher" and r.task_id in (trained, held)}
+    assert again.keys() == before.keys() and all(abs(again[k] - before[k]) < 1e-9 for k in again)
+
+    # max_steps 0 skips a training stage: its model is the untrained input, saved as a model dir
+    tcfg = cfg.train.model_copy(update={"cpt": cfg.train.cpt.model_copy(update={"max_steps": 0})})
+    skipped = _run(cfg.model_copy(update={"train": tcfg}), stop_after="cpt")
+    assert not skipped.results["cpt"].cached and skipped.results["cpt"].metrics["steps"] == 0
+    assert any((skipped.results["cpt"].path / "model").glob("*.safetensors"))
+    ScoringEngine.from_pretrained(skipped.results["cpt"].path / "model")  # loads and would score
 
 
 @pytest.mark.movielens

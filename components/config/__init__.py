@@ -255,6 +255,11 @@ class EvaluateConfig(StrictModel):
         "Bounds the teacher's CPU time (local profile: 150).")
     tasks: list[str] | None = Field(None, description="Task ids to evaluate; null: every task "
                                     "of the split, held-out ones included.")
+    model: str | None = Field(
+        None, description="Evaluate this model instead of training a teacher: a model directory, "
+        "models:/<name>/<version> or models:/<name>@<alias>, runs:/<run id>/<path>, or a pipeline "
+        "run id (its registered teacher). Tasks it was not trained on are reported as zero-shot "
+        "(components/tracking/models.py). null: this run's teacher.")
     baselines: list[Literal["popularity", "lightgbm", "lightgbm_ids", "sasrec"]] = Field(
         ["popularity", "lightgbm", "lightgbm_ids", "sasrec"], description="ID-based baselines "
         "fitted on the train split (components/evaluate/baselines.py).")

@@ -58,7 +58,8 @@ class TrainConfig(StrictModel):
     """Optimisation settings of one stage (per worker unless said otherwise)."""
 
     stage: Stage = "sft"
-    max_steps: int = Field(100, ge=1, description="Optimizer steps in total (not per run).")
+    max_steps: int = Field(100, ge=0, description="Optimizer steps in total (not per run). 0: the "
+                           "pipeline skips the stage: its output model is its input model.")
     batch_size: int = Field(4, ge=1, description="Sequences per micro-batch per worker.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     lr: float = Field(3e-4, gt=0)
