@@ -277,7 +277,8 @@ def evaluate(ctx: StageContext) -> dict[str, float]:
             # training lists sample negatives as the run's prompts do
             sampled_negatives=ctx.cfg.promptify.sampled_negatives, negative_pool=ctx.cfg.promptify.negative_pool,
             hard_negatives=ctx.cfg.promptify.hard_negatives,
-            negative_window_days=ctx.cfg.promptify.negative_window_days),
+            negative_window_days=ctx.cfg.promptify.negative_window_days,
+            match_fields=ctx.cfg.promptify.match_fields),
                                   relabel=relabel)
     fit_seconds = time.perf_counter() - t0
     ctx.log(f"baselines fitted in {fit_seconds:.1f}s (steering relabel: "

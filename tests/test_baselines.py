@@ -213,3 +213,21 @@ def test_errors_name_the_column_and_the_fix(world, fitted):
         score_baselines(fitted, data, bad)
     with pytest.raises(ValueError, match="candidate_item_ids"):
         score_baselines(fitted, data, world["eval"].drop("candidate_item_ids"))
+
+
+def test_match_features_follow_the_declared_pairs():
+    from datetime import UTC, datetime
+
+    from components.evaluate.baselines import _profile_matches
+
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    members = pl.DataFrame({"member_id": ["a"], "city": ["Berlin"], "tags": [["Go", "sql"]]})
+    items = pl.DataFrame({"item_id": ["x", "y"], "location": ["berlin", "Paris"], "tags": [["go", "rust"], []]})
+    q = pl.DataFrame({"__q": [0, 1], "member_id": ["a", "a"], "item_id": ["x", "y"], "cutoff": [t, t]})
+    out = _profile_matches(q, members, items, {"city": "location", "tags": "tags"}).sort("__q")
+    assert out["same_city"].to_list() == [1.0, 0.0]  # case-insensitive
+    assert out["tags_share"].to_list() == [0.5, None]  # no item tags: no share
+    # default: the columns both texts show (here only `tags`: `city` is not an item column)
+    assert set(_profile_matches(q, members, items).columns) == {"__q", "tags_share"}
+    with pytest.raises(ValueError, match="item column 'town'"):
+        _profile_matches(q, members, items, {"city": "town"})

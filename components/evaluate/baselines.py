@@ -123,6 +123,10 @@ class BaselineConfig(StrictModel):
         "trained tasks, 0.694 vs 0.732 on held-out ones).")
     # sasrec
     sasrec_dim: int = Field(32, ge=4)
+    match_fields: dict[str, str] | None = Field(
+        None, description="lightgbm: {member column: item column} pairs its profile-item match "
+        "features compare (as promptify.match_fields, which the evaluation stage passes); null: "
+        "the columns both the profile and the item text show.")
     sasrec_max_len: int = Field(50, ge=2)
     sasrec_layers: int = Field(1, ge=1)
     sasrec_heads: int = Field(1, ge=1)
@@ -297,23 +301,38 @@ def _days(a: pl.Expr, b: pl.Expr) -> pl.Expr:
     return (a - b).dt.total_microseconds().cast(pl.Float64) / DAY_US
 
 
-def _profile_matches(q: pl.DataFrame, members: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
-    """Profile-item attribute matches from whatever canonical columns both tables have."""
-    mcols = [c for c in ("skills", "location", "industry", "seniority", "open_to_work",
-                         "years_experience") if c in members.columns]
-    icols = [c for c in ("skills", "location", "industry", "seniority", "level", "workplace",
-                         "created_at", "expires_at") if c in items.columns]
+def _profile_matches(q: pl.DataFrame, members: pl.DataFrame, items: pl.DataFrame,
+                     match_fields: dict[str, str] | None = None) -> pl.DataFrame:
+    """Profile-item attribute matches: for each (member column, item column) pair of
+    ``match_fields`` (default: :func:`components.promptify.matches.shared_fields`, the
+    columns both the profile text and the item text show: the same pairs the prompts'
+    match hints compare), ``same_<col>`` for scalars (case-insensitive) and
+    ``<col>_share`` (share of the item's values the member has) for lists; plus the
+    synthetic world's seniority gap, remote flag and item dates where the columns exist."""
+    from components.promptify.matches import shared_fields
+
+    pairs = shared_fields(members, items, match_fields)
+    mcols = sorted(set(pairs) | {c for c in ("seniority", "open_to_work", "years_experience") if c in members.columns})
+    icols = sorted(set(pairs.values()) | {c for c in ("seniority", "level", "workplace", "created_at", "expires_at")
+                                          if c in items.columns})
     df = (q.join(members.select("member_id", *[pl.col(c).alias(f"m_{c}") for c in mcols]),
                  on="member_id", how="left")
           .join(items.select("item_id", *[pl.col(c).alias(f"i_{c}") for c in icols]), on="item_id", how="left"))
     feats: list[pl.Expr] = []
-    if "skills" in mcols and "skills" in icols:
-        n_item = pl.col("i_skills").list.len()
-        shared = pl.col("i_skills").list.set_intersection(pl.col("m_skills")).list.len()
-        feats.append(pl.when(n_item > 0).then(shared / n_item).alias("skill_share"))
-    for c in ("location", "industry"):
-        if c in mcols and c in icols:
-            feats.append((pl.col(f"m_{c}") == pl.col(f"i_{c}")).cast(pl.Float64).alias(f"same_{c}"))
+    for mc, ic in pairs.items():
+        m, i = pl.col(f"m_{mc}"), pl.col(f"i_{ic}")
+        if isinstance(members.schema[mc], pl.List):
+            if members.schema[mc].inner == pl.String and items.schema[ic].inner == pl.String:
+                i, m = i.list.eval(pl.element().str.to_lowercase()), m.list.eval(pl.element().str.to_lowercase())
+            n_item = i.list.len()
+            shared = i.list.set_intersection(m).list.len()
+            # "skill_share" kept as the name of the synthetic world's skills feature
+            name = "skill_share" if mc == "skills" else f"{mc}_share"
+            feats.append(pl.when(n_item > 0).then(shared / n_item).alias(name))
+        elif members.schema[mc] == pl.String and items.schema[ic] == pl.String:
+            feats.append((m.str.to_lowercase() == i.str.to_lowercase()).cast(pl.Float64).alias(f"same_{mc}"))
+        else:
+            feats.append((m == i).cast(pl.Float64).alias(f"same_{mc}"))
     if "workplace" in icols:
         feats.append((pl.col("i_workplace") == "Remote").cast(pl.Float64).alias("item_remote"))
     target = [pl.col(f"i_{c}") for c in ("seniority", "level") if c in icols]
@@ -392,7 +411,8 @@ def point_in_time_features(data: BaselineData, queries: pl.DataFrame, tasks: Seq
         *[(pl.col(f"member_{c}_engaged") / pl.col("member_engaged").clip(1)).alias(f"member_{c}_share")
           for c in ("industry", "topic", "company") if c in data.items.columns],
     ).drop("item_events_last", "member_events_last", "__first", "task_pos", "task_events")
-    out = out.join(_profile_matches(q.select("__q", "member_id", "item_id", "cutoff"), data.members, data.items),
+    out = out.join(_profile_matches(q.select("__q", "member_id", "item_id", "cutoff"), data.members, data.items,
+                                    cfg.match_fields),
                    on="__q", how="left")
     return out.sort("__q").drop("__q")
 
