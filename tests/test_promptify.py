@@ -348,3 +348,20 @@ def test_match_hints_end_every_candidate_text_and_count_only_prior_history(toy, 
             assert "\n- Matches your profile: none" in c, c
     off = _build(toy)
     assert not any("Matches your profile" in c for cs in off["candidates"] for c in cs)
+
+
+def test_members_without_profile_fields_get_prompts_that_say_so(toy, tmp_path):
+    import shutil
+
+    from components.promptify.verbalize import NO_PROFILE
+
+    src = toy["root"] / "valid"
+    for t in ("items", "interactions"):
+        shutil.copytree(src / t, tmp_path / "valid" / t)
+    ids = pl.read_parquet(src / "members").select("member_id")  # a log with no profiles
+    write_table(ids, tmp_path / "valid" / "members")
+    split_dataset(tmp_path / "valid", tmp_path / "split", SplitConfig())
+    prepared, _ = prepare_member_table(tmp_path / "split", toy["tasks"], toy["cfg"], tmp_path / "prep")
+    builder = PromptBuilder(str(toy["tok"]), prepared, toy["tasks"], toy["cfg"])
+    ex = pl.from_arrow(builder(pq.read_table(sorted(prepared.members_dir.glob("*.parquet")))))
+    assert ex.height > 0 and all(NO_PROFILE in p for p in ex["prefix"])

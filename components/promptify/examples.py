@@ -36,6 +36,7 @@ from components.promptify.negatives import (
 )
 from components.promptify.tasks import TaskSpec
 from components.promptify.verbalize import (
+    NO_PROFILE,
     STYLES,
     PromptPieces,
     event_lines,
@@ -396,7 +397,7 @@ class PromptBuilder:
             history_cache[(style, n_prior)] = self.history_section(
                 row, style, n_prior, hist_action, token_cache)
         history, kept, used = history_cache[(style, n_prior)]
-        pieces = PromptPieces(task.instruction, row[f"profile_{style}"] or "", (), (), task.question,
+        pieces = PromptPieces(task.instruction, row[f"profile_{style}"] or NO_PROFILE, (), (), task.question,
                               today=cutoff.strftime("%Y-%m-%d"))
         prefix = render_prefix(pieces, history, style)
         return {

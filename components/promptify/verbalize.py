@@ -95,6 +95,8 @@ def _fields_expr(df: pl.DataFrame, cols: Sequence[str], style: str, max_words: i
         else:
             piece = pl.lit(f"{_label(col).lower()}: ") + value
         parts.append(pl.when(value.is_not_null() & (value != "")).then(piece))
+    if not parts:  # e.g. members derived from the interactions: ids only, no profile text
+        return pl.lit("", dtype=pl.String)
     sep = {"markdown": "\n", "compact": "; ", "narrative": "; "}[style]
     return pl.concat_list(parts).list.drop_nulls().list.join(sep)
 
@@ -178,6 +180,10 @@ def render_history(lines: Sequence[str], actions: Sequence[str], style: str) -> 
     return "\n".join(
         f"### {VERBS.get(a, a).split(' {')[0].capitalize()}\n" + "\n".join(g) for a, g in groups.items()
     )
+
+
+#: The profile text of a member without profile fields (a log with no members table).
+NO_PROFILE = "(no profile: only the activity below)"
 
 
 def render_prefix(p: PromptPieces, history_body: str, style: str) -> str:
