@@ -9,6 +9,7 @@ and a utility that can be recomputed and re-weighted for instruction steering.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -91,6 +92,42 @@ def test_rerun_into_same_dir_leaves_no_stale_parts(tmp_path):
     S.generate_world(SyntheticWorldConfig(members=100, members_per_file=100), tmp_path)
     assert len(table_files(tmp_path, "interactions")) == 1
     assert read_table(tmp_path, "members").height == 100
+
+
+#: A tiny world (3 chunks) whose digests were recorded from the single-module generator
+#: (components/data/synthetic.py before issue 16.3 split it into a package; polars 2.1.0,
+#: pyarrow 25.0.1, numpy 2.4.6). FILES hashes every part file's bytes; CONTENT hashes the
+#: rows (timestamps as epoch microseconds), so it survives a change of Parquet encoding.
+_PINNED_WORLD = SyntheticWorldConfig(
+    members=60, members_per_file=25, companies=12, jobs=40, posts=50, courses=15, days=14, seed=3
+)
+_PINNED_POLARS = "2.1.0"
+_PINNED_FILES_SHA256 = "a6ae13ce23d011f6bcd127c1af543af3dc1916aab3f2afb023fbb6f51e7824c3"
+_PINNED_CONTENT_SHA256 = "817f2742be88527360e7d50b04f955889a6b31318ce01354c47cd5dff666bec6"
+
+
+def _world_digests(out: Path) -> tuple[str, str]:
+    """(sha256 of every part file's path and bytes, sha256 of every part file's rows)."""
+    files, content = hashlib.sha256(), hashlib.sha256()
+    for f in sorted(out.rglob("*.parquet")):
+        name = f.relative_to(out).as_posix().encode() + b"\0"
+        files.update(name + f.read_bytes())
+        df = pl.read_parquet(f).with_columns(pl.col(pl.Datetime).dt.epoch("us"))
+        content.update(name + json.dumps([df.columns, df.rows()]).encode())
+    return files.hexdigest(), content.hexdigest()
+
+
+def test_same_seed_gives_the_recorded_world(tmp_path):
+    """Refactors of the generator keep the world: same rows always, same bytes on the
+    recorded polars (another polars may encode Parquet differently)."""
+    S.generate_world(_PINNED_WORLD, tmp_path)
+    files, content = _world_digests(tmp_path)
+    assert content == _PINNED_CONTENT_SHA256, (
+        "the synthetic world's rows changed for the same seed: a change of random draws or "
+        "of text templates (intended? then re-record the digests and say so in the commit)"
+    )
+    if pl.__version__ == _PINNED_POLARS:
+        assert files == _PINNED_FILES_SHA256, "same rows, other Parquet bytes: write options?"
 
 
 def test_canonical_schema(world):

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from components.config import SyntheticWorldConfig
+from components.data.synthetic.writer import generate_world
+
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """``python -m components.data.synthetic --members 1000 --out DIR``."""

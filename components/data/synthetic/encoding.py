@@ -13,6 +13,22 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from components.data.synthetic.latents import item_popularity, member_interests
+from components.data.synthetic.vocabulary import (
+    CITY_INDEX,
+    ID_PREFIX,
+    INDUSTRY_INDEX,
+    ITEM_TYPE_INDEX,
+    ITEM_TYPES,
+    LEVEL_INDEX,
+    LEVEL_TARGET,
+    SENIORITY_INDEX,
+    SKILL_INDEX,
+    SKILL_WORDS,
+    TOPIC_INDEX,
+)
+
+
 def _skill_mask(rows: np.ndarray, skill_ids: np.ndarray, n: int) -> np.ndarray:
     """(n, SKILL_WORDS) uint64 bitmasks from (row, skill id) pairs."""
     mask = np.zeros((n, SKILL_WORDS), dtype=np.uint64)

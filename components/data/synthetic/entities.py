@@ -15,6 +15,43 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from components.config import SyntheticWorldConfig
+from components.data.synthetic.clock import DAY_US, Clock, _timestamps
+from components.data.synthetic.encoding import ItemArrays, encode_items
+from components.data.synthetic.latents import _SALT_CATALOG, _seed_key, member_interests
+from components.data.synthetic.text import (
+    course_texts,
+    job_texts,
+    member_about,
+    member_headline,
+    post_texts,
+)
+from components.data.synthetic.vocabulary import (
+    _CORE,
+    _POOL,
+    CITIES,
+    CITY_INDEX,
+    CITY_P,
+    COMPANY_PREFIXES,
+    ID_PREFIX,
+    INDUSTRIES,
+    INDUSTRY_NAMES,
+    INDUSTRY_P,
+    ITEM_TYPES,
+    JOB_SENIORITY_P,
+    LEVELS,
+    MEMBER_SENIORITY_P,
+    ROLES_PER_INDUSTRY,
+    SENIORITIES,
+    SKILLS,
+    SKILLS_PER_INDUSTRY,
+    TITLES,
+    TOPICS,
+    WORKPLACE_P,
+    WORKPLACES,
+    YEARS_RANGE,
+)
+
 #: Members joining during the period (they are cold in the later window).
 LATE_JOIN_SHARE = 0.3
 #: Members who joined before the period did so up to this many days before it.
@@ -145,30 +182,7 @@ def build_catalog(cfg: SyntheticWorldConfig) -> Catalog:
     life = rng.integers(JOB_LIFETIME_DAYS[0], JOB_LIFETIME_DAYS[1] + 1, size=n) * DAY_US
     skills = skill_lists(ind, role, 6.0, 3, 6)
     tmpl = rng.integers(3, size=n)
-    titles, texts = [], []
-    for r in range(n):
-        I_ = INDUSTRIES[ind[r]]
-        title = TITLES[(ind[r] * ROLES_PER_INDUSTRY + role[r]) * len(SENIORITIES) + sen[r]]
-        co, loc, wp, sk = (
-            c_name[comp[r]],
-            CITIES[city[r]],
-            WORKPLACES[work[r]],
-            ", ".join(skills[r]),
-        )
-        yrs = (
-            "No prior experience required."
-            if JOB_YEARS[sen[r]] == 0
-            else (f"{JOB_YEARS[sen[r]]}+ years of experience in {I_.name.lower()} preferred.")
-        )
-        texts.append(
-            (
-                f"{co} is hiring {_a(title)} {title} in {loc} ({wp}). You will work with {sk}. {yrs}",
-                f"Join {co} as {_a(title)} {title}. Must-have skills: {sk}. {wp} role based in {loc}. {yrs}",
-                f"We are looking for {_a(title)} {title} to grow our {I_.function.lower()} team in {loc} "
-                f"({wp}). Tools: {sk}. {yrs}",
-            )[tmpl[r]]
-        )
-        titles.append(title)
+    titles, texts = job_texts(ind, role, sen, comp, city, work, skills, tmpl, c_name)
     frames.append(
         pl.DataFrame(
             {
@@ -198,32 +212,9 @@ def build_catalog(cfg: SyntheticWorldConfig) -> Catalog:
     created = _created_times(rng, n, PRE_EXISTING_SHARE["post"], clock, 7)
     skills = skill_lists(ind, a_role, 3.0, 1, 3)
     tmpl, tmpl2, num = rng.integers(8, size=n), rng.integers(4, size=n), rng.integers(3, 8, size=n)
-    titles, texts, authors = [], [], []
-    for r in range(n):
-        I_ = INDUSTRIES[ind[r]]
-        tp, sk, co = TOPICS[topic[r]], skills[r][0], c_name[comp[r]]
-        rl = I_.roles[a_role[r]]
-        author = TITLES[(ind[r] * ROLES_PER_INDUSTRY + a_role[r]) * len(SENIORITIES) + a_sen[r]]
-        title = (
-            f"{num[r]} lessons from a year of {sk}",
-            f"Why {tp} will look different next year",
-            f"How we scaled {sk} at {co}",
-            f"Hiring: our {I_.function.lower()} team at {co} is growing",
-            f"My take on {tp}: hype vs. reality",
-            f"A practical guide to {sk} for {rl}s",
-            f"What nobody tells you about {tp}",
-            f"Celebrating {num[r]} years at {co}",
-        )[tmpl[r]]
-        body = (
-            f"Sharing a few thoughts on {tp} from my work as {_a(author)} {author}.",
-            f"We leaned on {_and(skills[r])} this quarter and learned a lot.",
-            f"The {I_.name.lower()} world is moving fast; here is what I see in {tp}.",
-            f"Curious how other {rl}s approach {sk}? Let's discuss in the comments.",
-        )[tmpl2[r]]
-        tags = " ".join("#" + "".join(ch for ch in s if ch.isalnum()) for s in skills[r])
-        titles.append(title)
-        texts.append(f"{title}. {body} {tags}")
-        authors.append(author)
+    titles, texts, authors = post_texts(
+        ind, topic, comp, a_role, a_sen, skills, tmpl, tmpl2, num, c_name
+    )
     frames.append(
         pl.DataFrame(
             {
@@ -251,19 +242,7 @@ def build_catalog(cfg: SyntheticWorldConfig) -> Catalog:
     created = _created_times(rng, n, PRE_EXISTING_SHARE["course"], clock, 365)
     skills = skill_lists(ind, role, 4.0, 2, 4)
     tmpl, hours = rng.integers(2, size=n), rng.integers(1, 13, size=n)
-    titles, texts = [], []
-    for r in range(n):
-        sk, rl, lv = skills[r][0], INDUSTRIES[ind[r]].roles[role[r]], LEVELS[level[r]]
-        title = (
-            (f"{sk} Essentials", f"Intro to {sk}"),
-            (f"{sk} in Practice", f"Applied {sk} for {rl}s"),
-            (f"Advanced {sk}", f"Mastering {sk}"),
-        )[level[r]][tmpl[r]]
-        titles.append(title)
-        texts.append(
-            f"{_a(lv).title()} {lv.lower()} course on {TOPICS[topic[r]]}: learn {_and(skills[r])}. "
-            f"{hours[r]} hours, for {rl}s and anyone moving into {INDUSTRIES[ind[r]].name.lower()}."
-        )
+    titles, texts = course_texts(ind, topic, role, level, skills, tmpl, hours)
     frames.append(
         pl.DataFrame(
             {
@@ -358,36 +337,10 @@ def generate_members(
             "_t2": first_topic.gather(i2),
         }
     )
-    headline = pl.format("{} at {} | {}, {}, {}", "title", "company", "_s1", "_s2", "_s3")
-    about = pl.concat_str(
-        [
-            pl.format(
-                "{} with {} {} of experience in {}. Skilled in {}, {} and {}.",
-                "title",
-                "years_experience",
-                pl.when(pl.col("years_experience") == 1)
-                .then(pl.lit("year"))
-                .otherwise(pl.lit("years")),
-                pl.col("industry").str.to_lowercase(),
-                "_s1",
-                "_s2",
-                "_s3",
-            ),
-            pl.when("_reveal")
-            .then(pl.format(" Interested in {} and {}.", "_t1", "_t2"))
-            .otherwise(pl.lit("")),
-            pl.when("open_to_work")
-            .then(pl.lit(" Open to new opportunities."))
-            .otherwise(pl.lit("")),
-        ]
-    )
     df = df.with_columns(
         (pl.lit("m") + pl.col("member_id")).alias("member_id"),
-        pl.when("open_to_work")
-        .then(headline + pl.lit(" | #OpenToWork"))
-        .otherwise(headline)
-        .alias("headline"),
-        about.alias("about"),
+        member_headline().alias("headline"),
+        member_about().alias("about"),
     )
     return df.select(
         "member_id",

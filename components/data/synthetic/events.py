@@ -13,6 +13,26 @@ import math
 import numpy as np
 import polars as pl
 
+from components.config import SyntheticWorldConfig
+from components.data.synthetic.clock import DAY_US, Clock, _timestamps
+from components.data.synthetic.encoding import ItemArrays, encode_members
+from components.data.synthetic.entities import Catalog
+from components.data.synthetic.latents import _drift_params
+from components.data.synthetic.preferences import (
+    UTILITY_WEIGHTS,
+    _components,
+    _utility_from,
+    sample_actions,
+)
+from components.data.synthetic.vocabulary import (
+    ALL_ACTIONS,
+    ITEM_TYPE_INDEX,
+    ITEM_TYPES,
+    SURFACE_ITEM_MIX,
+    SURFACE_NAMES,
+    SURFACES,
+)
+
 #: Dirichlet prior of a member's surface mix; open-to-work members multiply the job
 #: surfaces by OPEN_TO_WORK_JOB_BOOST.
 SURFACE_ALPHA = (1.0, 0.5, 2.5, 0.8, 0.5)

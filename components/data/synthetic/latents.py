@@ -1,10 +1,11 @@
-"""Hidden latents re-derivable from (seed, index) alone: member taste, item popularity, drift.
+"""Hidden latents re-derivable from the seed alone: member taste, item popularity, drift.
 
-Why counter-based hashing rather than draws from the chunk's generator: the hidden model
-(:mod:`.preferences`) must recompute the utility of any (member, item) pair later, from
-the tables' rows and the seed, without regenerating the chunk the member was drawn in.
-The salts keep the streams of the world's parts apart; all of them live here so that a
-new one cannot collide unseen.
+Why not draws from a chunk's generator: the hidden model (:mod:`.preferences`) must
+recompute the utility of any (member, item) pair later, from the tables' rows and the
+seed, without regenerating the chunk the member was drawn in. So taste and popularity
+are counter-based hashes of (seed, index), and the drift of industries and topics comes
+from a generator of its own. The salts keep the world's random streams apart; all of
+them live here, so that a new one cannot collide unseen.
 """
 
 from __future__ import annotations

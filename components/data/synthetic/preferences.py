@@ -15,6 +15,27 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import polars as pl
 
+from components.config import SyntheticWorldConfig
+from components.data.synthetic.clock import DAY_US, Clock
+from components.data.synthetic.encoding import (
+    ItemArrays,
+    MemberArrays,
+    _lookup,
+    encode_items,
+    encode_members,
+)
+from components.data.synthetic.latents import _drift, _drift_params
+from components.data.synthetic.vocabulary import (
+    _ACTION_CODE,
+    ACTIONS,
+    IMPRESSION,
+    ITEM_TYPE_INDEX,
+    ITEM_TYPES,
+    NEGATIVE_ACTIONS,
+    POSITIVE_ACTIONS,
+    SKILL_WORDS,
+)
+
 #: The named utility components, in a fixed order.
 COMPONENTS: tuple[str, ...] = (
     "skills", "location", "seniority", "topic", "taste", "popularity", "recency", "drift",

@@ -15,6 +15,16 @@ from typing import Any
 import numpy as np
 
 from components.config import SyntheticWorldConfig
+from components.data.synthetic.entities import build_catalog, generate_members
+from components.data.synthetic.events import generate_interactions
+from components.data.synthetic.latents import _SALT_CHUNK, _seed_key
+from components.data.synthetic.vocabulary import (
+    _ACTION_CODE,
+    ACTIONS,
+    ALL_ACTIONS,
+    ITEM_TYPES,
+    POSITIVE_ACTIONS,
+)
 from components.data.tables import TABLE_NAMES, write_table
 
 ACTIVITY_BUCKETS = (("0-5", 0, 5), ("6-10", 6, 10), ("11-100", 11, 100), (">100", 101, None))
