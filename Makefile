@@ -19,14 +19,18 @@ setup: $(STAMP)  ## create .venv and install rankbrew (fast when already done)
 
 # Reinstall only when the dependency list changes. torch==2.13.0 resolves to the CPU
 # build that lies on this kind of machine; elsewhere pip fetches it from PyPI.
+# pip's output (build warnings included) goes to $(VENV)/install.log; shown on failure.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@echo "setting up $(VENV) (pip output: $(VENV)/install.log) ..."
+	@( $(BIN)/python -m pip install --quiet --upgrade pip && \
+	   $(BIN)/python -m pip install --quiet -e '.[dev]' ) > $(VENV)/install.log 2>&1 \
+	   || { tail -n 40 $(VENV)/install.log; echo "setup failed: see $(VENV)/install.log"; exit 1; }
 	@touch $@
+	@echo "setup done"
 
 run: setup  ## run the pipeline on the embedded default (PROFILE=local)
-	$(BIN)/rankbrew run --profile $(PROFILE)
+	@$(BIN)/rankbrew run --profile $(PROFILE)
 
 test: setup  ## run the test suite (real Ray, real MLflow sqlite, real Parquet)
 	$(BIN)/python -m pytest -q

@@ -65,9 +65,11 @@ def run(
     stop_after: Annotated[
         str | None, typer.Option("--stop-after", help="Run only this stage and its ancestors.")
     ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show Ray's driver and worker "
+                                          "output and every stage log line (they always go to the run log).")] = False,
 ) -> None:
     """Run the pipeline for a profile; finished stages are reused from the artifact cache."""
-    _run_pipeline(_load(profile, set_), profile, force, stop_after)
+    _run_pipeline(_load(profile, set_), profile, force, stop_after, verbose)
 
 
 @app.command()
@@ -87,37 +89,49 @@ def evaluate(
     `rankbrew compare`, log into that run's store: --set run.mlflow_tracking_uri=sqlite:///..."""
     # the reference is passed as is (not through YAML: a run id of digits could read as a number)
     cfg = _load(profile, set_, {"evaluate.model": model, "evaluate.enabled": True})
-    _run_pipeline(cfg, profile, force, None)
+    _run_pipeline(cfg, profile, force, None, False)
 
 
-def _run_pipeline(cfg: PipelineConfig, profile: str, force: list[str] | None, stop_after: str | None) -> None:
+def _run_pipeline(cfg: PipelineConfig, profile: str, force: list[str] | None, stop_after: str | None,
+                  verbose: bool) -> None:
+    import logging
+
     from pipelines.dag import PipelineError, run_pipeline
     from pipelines.stages import build_pipeline
 
+    if not verbose:  # MLflow's store set-up lines ("Creating initial MLflow database tables")
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     pipeline = build_pipeline(cfg)
     console.print(f"[bold]rankbrew[/bold] pipeline '{pipeline.name}' profile={profile} "
                   f"config={config_hash(cfg)} stages={' -> '.join(pipeline.order)}")
     try:
-        result = run_pipeline(pipeline, cfg, profile=profile, force=force or (), stop_after=stop_after)
+        result = run_pipeline(pipeline, cfg, profile=profile, force=force or (), stop_after=stop_after,
+                              console=console, verbose=verbose)
     except PipelineError as err:
-        console.print(f"[red]{err}[/red]")
+        console.print(str(err), style="red", markup=False, highlight=False)
+        import shlex
+        import sys
+
+        again = " ".join(["rankbrew", *map(shlex.quote, sys.argv[1:])])
+        console.print(f"resume:   {again}  (the same command: finished stages are reused)", highlight=False)
         raise typer.Exit(1) from None
     console.print("[green]pipeline finished[/green]")
-    for line in result.summary_lines():
-        console.print(line)
     console.print(f"outputs:  {result.work_dir / 'artifacts'}")
+    if result.log_path is not None:
+        console.print(f"log:      {result.log_path}  (Ray's logs: {result.log_path.with_suffix('.ray')})")
     console.print(f"MLflow:   {result.tracking_uri}  (parent run {result.parent_run_id})")
     console.print(f"browse:   make mlflow-ui   (mlflow ui --backend-store-uri {result.tracking_uri})")
     evaluation = result.results.get("evaluate")
     if evaluation is not None:
-        from pipelines.eval_stage import summary_path
+        from pipelines.eval_stage import console_summary, summary_path
 
         summary = summary_path(evaluation.path)
         if summary.exists():
             console.print()
-            console.print(summary.read_text(), markup=False, highlight=False)
-            console.print(f"summary:  {summary}  (plots beside it; `rankbrew compare` reads it back "
-                          f"from MLflow)")
+            console.print(console_summary(summary.read_text()), markup=False, highlight=False)
+            console.print(f"summary:  {summary}  (per-task tables, paired deltas, calibration; plots "
+                          f"beside it; `rankbrew compare` reads it back from MLflow)")
 
 
 @app.command(context_settings={"allow_extra_args": True})

@@ -41,6 +41,7 @@ from typing import Any
 
 from components import tracking
 from components.config import PipelineConfig, config_hash, with_absolute_paths
+from pipelines.console import EVENTS_ENV, Follower, emit
 
 MANIFEST = "_rankbrew_manifest.json"
 
@@ -59,7 +60,19 @@ class StageContext:
     checkpoints here, keyed like the artifact, and a rerun continues from them."""
 
     def log(self, message: str) -> None:
+        """A detail: to the run's log file (and the console with ``--verbose``)."""
         print(f"[{self.stage}] {message}", flush=True)
+        emit("log", self.stage, msg=message)
+
+    def note(self, message: str) -> None:
+        """A line the person running the pipeline should read (a verdict, a fallback):
+        on the console and in the run's log."""
+        print(f"[{self.stage}] {message}", flush=True)
+        emit("note", self.stage, msg=message)
+
+    def progress(self, done: float, total: float, unit: str, info: str = "") -> None:
+        """Advance the stage's progress bar on the driver's console."""
+        emit("progress", self.stage, done=done, total=total, unit=unit, info=info)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log intermediate metrics to the stage's MLflow run (no-op without MLflow)."""
@@ -291,6 +304,7 @@ def execute_stage(stage: Stage, cfg: PipelineConfig, info: RunInfo, *upstream: S
             manifest = json.loads(manifest_path.read_text())
             metrics = manifest.get("metrics", {})
             print(f"[{stage.name}] cached: reusing {final} (key {key})", flush=True)
+            emit("cached", stage.name, key=key, path=str(final), metrics=metrics)
         else:
             final.parent.mkdir(parents=True, exist_ok=True)
             for stale in final.parent.glob(f"{key}.partial-*"):
@@ -301,7 +315,8 @@ def execute_stage(stage: Stage, cfg: PipelineConfig, info: RunInfo, *upstream: S
             if stage.name in info.force:
                 shutil.rmtree(resume, ignore_errors=True)  # forced: start over
             ctx = StageContext(stage.name, cfg, tmp, inputs, run_id, resume)
-            ctx.log(f"running (key {key})")
+            print(f"[{stage.name}] running (key {key})", flush=True)
+            emit("start", stage.name, key=key)
             metrics = {k: float(v) for k, v in (stage.run(ctx) or {}).items()}
             manifest = {
                 "stage": stage.name,
@@ -325,6 +340,7 @@ def execute_stage(stage: Stage, cfg: PipelineConfig, info: RunInfo, *upstream: S
             mlflow.log_metrics({**metrics, "stage_seconds": seconds})
         if not cached:
             print(f"[{stage.name}] done in {seconds:.1f}s -> {final}", flush=True)
+            emit("done", stage.name, seconds=seconds, path=str(final), metrics=metrics)
         return StageResult(stage.name, key, final, cached, seconds, metrics, run_id)
 
     if info.tracking_uri is None or info.parent_run_id is None:
@@ -334,7 +350,7 @@ def execute_stage(stage: Stage, cfg: PipelineConfig, info: RunInfo, *upstream: S
         return body(run.info.run_id)
 
 
-def _ray_init(cfg: PipelineConfig, env: dict[str, str]) -> bool:
+def _ray_init(cfg: PipelineConfig, env: dict[str, str], log_to_driver: bool = True) -> bool:
     """Start (or join) Ray; returns True when this call started it."""
     import logging
 
@@ -346,6 +362,7 @@ def _ray_init(cfg: PipelineConfig, env: dict[str, str]) -> bool:
         "include_dashboard": cfg.ray.include_dashboard,
         "logging_level": logging.WARNING,
         "runtime_env": {"env_vars": env},
+        "log_to_driver": log_to_driver,
     }
     if cfg.ray.address:
         kwargs["address"] = cfg.ray.address
@@ -364,6 +381,7 @@ class PipelineRun:
     tracking_uri: str
     parent_run_id: str
     experiment: str
+    log_path: Path | None = None
 
     def summary_lines(self) -> list[str]:
         lines = []
@@ -380,11 +398,15 @@ def run_pipeline(
     profile: str = "custom",
     force: Iterable[str] = (),
     stop_after: str | None = None,
+    console: Any = None,
+    verbose: bool = False,
 ) -> PipelineRun:
     """Run the pipeline on Ray, tracked in MLflow; finished stages are reused.
 
     ``force`` reruns the named stages and everything downstream of them.
     ``stop_after`` runs only that stage and its ancestors.
+    ``console`` (a rich Console): show the readable view (pipelines/console.py) and send
+    Ray's worker output to ``<work_dir>/logs/`` instead (unless ``verbose``).
     """
     import ray
 
@@ -414,7 +436,20 @@ def run_pipeline(
     # stage of the run is keyed by the same snapshot of the code
     code = {name: code_files(pipeline.stages[name]) for name in selected}
     env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    started_ray = _ray_init(cfg, env)
+    follower, log_file, log_path = None, None, None
+    if console is not None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        (work_dir / "logs").mkdir(exist_ok=True)
+        log_path = work_dir / "logs" / f"run-{stamp}.log"
+        events = work_dir / "logs" / f"run-{stamp}.events.jsonl"
+        events.touch()
+        env[EVENTS_ENV] = str(events)
+        os.environ[EVENTS_ENV] = str(events)
+        log_file = log_path.open("a", encoding="utf-8")
+        follower = Follower(events, console, log_file, verbose)
+        console.print(f"log:      {log_path}" + ("" if verbose else "  (Ray's worker output: --verbose)"),
+                      highlight=False)
+    started_ray = _ray_init(cfg, env, log_to_driver=console is None or verbose)
     parent = mlflow.start_run(experiment_id=exp_id, run_name=f"{cfg.run.name}-{profile}",
                               tags={**tags, tracking.TAG_KIND: "pipeline"})
     try:
@@ -438,15 +473,24 @@ def run_pipeline(
         results: dict[str, StageResult] = {}
         pending = {ref: name for name, ref in refs.items()}
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=None if follower is None else 0.5)
+            if follower is not None:
+                follower.poll()
+            if not done:
+                continue
             name = pending.pop(done[0])
             try:
                 results[name] = ray.get(done[0])
             except Exception as exc:
                 cause = getattr(exc, "cause", None) or exc  # RayTaskError wraps the original
+                trace = str(exc) if follower is not None else ""  # the worker's traceback
+                if log_file is not None:
+                    log_file.write(f"stage '{name}' failed:\n{trace}\n")
                 raise PipelineError(
-                    f"stage '{name}' failed: {type(cause).__name__}: {cause}\nFinished stages are cached under "
+                    (f"{trace}\n" if trace else "")
+                    + f"stage '{name}' failed: {type(cause).__name__}: {cause}\nFinished stages are cached under "
                     f"{info.artifacts_root}; rerun the same command to resume at '{name}'."
+                    + (f"\nlog: {log_path} (Ray's worker logs beside it)" if log_path else "")
                 ) from exc
         mlflow.log_metrics({f"{n}.seconds": r.seconds for n, r in results.items()})
         mlflow.log_metrics({f"{n}.cached": float(r.cached) for n, r in results.items()})
@@ -455,7 +499,27 @@ def run_pipeline(
         mlflow.end_run("FAILED")
         raise
     finally:
+        if follower is not None:
+            follower.close()
+            os.environ.pop(EVENTS_ENV, None)
+        if started_ray and log_path is not None:
+            _keep_ray_logs(log_path.with_suffix(".ray"))
         if started_ray:
             ray.shutdown()
+        if log_file is not None:
+            log_file.close()
     ordered = {n: results[n] for n in selected}
-    return PipelineRun(ordered, work_dir, uri, parent.info.run_id, cfg.run.name)
+    return PipelineRun(ordered, work_dir, uri, parent.info.run_id, cfg.run.name, log_path)
+
+
+def _keep_ray_logs(dest: Path) -> None:
+    """Copy this Ray session's log directory (driver and worker output) next to the run
+    log: nothing the console leaves out is lost, and it outlives /tmp/ray's cleanup."""
+    try:
+        from ray._private.worker import global_worker
+
+        session = Path(global_worker.node.get_session_dir_path()) / "logs"
+        shutil.copytree(session, dest, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("*.sock", "*.pid"))
+    except Exception as err:  # best effort: never fail a finished run over its logs
+        print(f"(Ray's logs were not copied: {err})")

@@ -294,11 +294,15 @@ def evaluate(ctx: StageContext) -> dict[str, float]:
             "bootstrap_samples": ecfg.bootstrap_samples, "ece_bins": ecfg.ece_bins, "seed": ecfg.seed},
             ecfg.split)
 
+    n_evals, finished = len(scorers) * len(tasks), [0]
+
     def on_result(rec: EvalRecord) -> None:
         if logger is not None:
             logger.log(rec, _model_params(rec.model, scorers[rec.model], rec.task_id))
         auc = rec.metrics.get("auc", math.nan)
         ctx.log(f"{rec.model:<10} {rec.task_id:<45} AUC {auc:.3f}")
+        finished[0] += 1
+        ctx.progress(finished[0], n_evals, "(model, task)", f"{rec.model} {rec.task_id} AUC {auc:.3f}")
 
     t1 = time.perf_counter()
     results = run_fanout(examples, flags, scorers, data, settings, on_result,
@@ -443,6 +447,28 @@ EVALUATE_MODEL_STAGE = Stage(
 def summary_path(stage_dir: Path) -> Path:
     """Where the stage leaves its markdown summary (the CLI prints it after a run)."""
     return Path(stage_dir) / "summary.md"
+
+
+#: Sections of ``summary.md`` the console shows after a run (the per-task tables stay in
+#: the file: 30 tasks x 5 models would bury the headline).
+CONSOLE_SECTIONS = ("## Headline", "## Cold start: ", "## Does the question matter?")
+
+
+def console_summary(markdown: str) -> str:
+    """The title, the headline table with its verdict lines, the cold-start table and the
+    opposite-task verdict of a ``summary.md``."""
+    parts = markdown.split("\n## ")
+    out = [parts[0].splitlines()[0]]
+    for part in parts[1:]:
+        section = "## " + part
+        if section.startswith(CONSOLE_SECTIONS):
+            lines = [ln for ln in section.splitlines() if ln.strip()]
+            if section.startswith("## Does the question matter?"):
+                lines = [lines[0], *[ln for ln in lines if ln.startswith("- ")]]
+            else:  # the table and its bullet lines, not the explanatory paragraph
+                lines = [lines[0], *[ln for ln in lines[1:] if ln.startswith(("|", "- "))]]
+            out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def load_records(stage_dir: Path) -> list[EvalRecord]:

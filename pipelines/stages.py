@@ -85,7 +85,7 @@ def validate(ctx: StageContext) -> dict[str, float]:
     actions = json.loads((src / "actions.json").read_text())
     report = validate_dataset(src, ctx.out_dir, actions, ctx.cfg.validation)
     for line in report.summary_lines():
-        ctx.log(line)
+        (ctx.note if "WARNING" in line else ctx.log)(line)
     ctx.log_artifact(ctx.out_dir / "report.json")
     return report.metrics()
 

@@ -156,7 +156,7 @@ def validation_report(ctx: StageContext, model_dir: Path, limit: int,
                         fitted_on=f"valid, trained tasks ({int(trained.sum())} prompts)")
         ctx.log_artifact(cal.save(model_dir))
         # a refused fit is saved as the identity: say so where people look (console, MLflow)
-        ctx.log(f"calibration {cal.status}: slope {cal.slope:.4g}, intercept {cal.intercept:.4g}"
+        ctx.note(f"calibration {cal.status}: slope {cal.slope:.4g}, intercept {cal.intercept:.4g}"
                 + (f" ({cal.reason})" if cal.reason else ""))
         metrics.update({"calibration.slope": cal.slope, "calibration.intercept": cal.intercept,
                         "calibration.fitted": float(cal.status == "fitted")})
@@ -215,7 +215,7 @@ def gate_against_popularity(ctx: StageContext) -> GateResult:
                          negative_window_days=p.negative_window_days)
     res = popularity_gate(rows["probs"].to_list(), rows, BaselineData.from_split_dir(ctx.inputs["split"]),
                           tasks, cfg, relabel=steering_relabel_hook(ctx.cfg, tasks))
-    ctx.log(("" if res.passed else "WARNING: ") + res.line())
+    ctx.note(("" if res.passed else "WARNING: ") + res.line())
     return res
 
 
@@ -259,7 +259,7 @@ def align(ctx: StageContext) -> dict[str, float]:
             if k in before and k in metrics:
                 metrics[f"delta_vs_sft.{k}"] = metrics[k] - before[k]
         if "delta_vs_sft.valid_task_auc_mean" in metrics:
-            ctx.log(f"align vs sft on validation: task-mean AUC {before['valid_task_auc_mean']:.3f} -> "
+            ctx.note(f"align vs sft on validation: task-mean AUC {before['valid_task_auc_mean']:.3f} -> "
                     f"{metrics['valid_task_auc_mean']:.3f} ({metrics['delta_vs_sft.valid_task_auc_mean']:+.3f})")
     _log_teacher(ctx, gate)
     return metrics
@@ -291,7 +291,7 @@ def _log_teacher(ctx: StageContext, gate: GateResult) -> None:
             client.set_registered_model_alias(name, CHAMPION, str(version))
             ctx.log(f"registered {name} version {version} ({info.model_uri}), alias '{CHAMPION}'")
         else:
-            ctx.log(f"registered {name} version {version} ({info.model_uri}) WITHOUT the '{CHAMPION}' "
+            ctx.note(f"registered {name} version {version} ({info.model_uri}) WITHOUT the '{CHAMPION}' "
                     f"alias: {gate.verdict} on validation")
 
 

@@ -157,6 +157,12 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         mlflow_client = MlflowClient(tracking_uri=config.get("mlflow_tracking_uri"))
 
     def on_log(metrics: dict[str, float]) -> None:
+        if rank == 0 and "loss" in metrics:
+            from pipelines.console import emit
+
+            tps = metrics.get("tokens_per_s")
+            emit("progress", stage, done=metrics["step"], total=tcfg.max_steps, unit="steps",
+                 info=f"loss {metrics['loss']:.3f}" + (f"  {tps:,.0f} tok/s" if tps else ""))
         if mlflow_client is None:
             return
         from mlflow.entities import Metric

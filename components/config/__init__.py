@@ -415,7 +415,17 @@ def with_absolute_paths(cfg: PipelineConfig, base: Path | None = None) -> Pipeli
         if cfg.data.mapping else None,
     })
     run = cfg.run.model_copy(update={"work_dir": absolute(cfg.run.work_dir)})
-    return cfg.model_copy(update={"data": data, "run": run})
+    promptify = cfg.promptify.model_copy(update={
+        "tasks": [absolute(Path(t)) for t in cfg.promptify.tasks] if cfg.promptify.tasks else cfg.promptify.tasks})
+    tokenizer = cfg.tokenizer.model_copy(update={
+        "path": absolute(cfg.tokenizer.path) if cfg.tokenizer.path else None})
+    model = cfg.model.model_copy(update={
+        "checkpoint": absolute(cfg.model.checkpoint) if cfg.model.checkpoint else None})
+    ev = cfg.evaluate
+    if ev.model is not None and not Path(ev.model).is_absolute() and (base / ev.model).exists():
+        ev = ev.model_copy(update={"model": str((base / ev.model).resolve())})  # a local model dir
+    return cfg.model_copy(update={"data": data, "run": run, "promptify": promptify, "tokenizer": tokenizer,
+                                  "model": model, "evaluate": ev})
 
 
 def config_hash(model: BaseModel | dict[str, Any], length: int = 16) -> str:
