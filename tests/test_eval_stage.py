@@ -26,7 +26,7 @@ from pipelines.eval_stage import EVALUATE_STAGE, select_eval_rows
 from pipelines.stages import DATA_STAGES, PROMPT_STAGES
 
 TASKS = ["post_view_feed", "job_apply_any_sampled", "course_view_learning"]  # the last is held out
-MODELS = {"teacher", "popularity", "lightgbm", "sasrec"}
+MODELS = {"teacher", "popularity", "lightgbm", "lightgbm_ids", "sasrec"}
 PER_TASK = 30
 
 
@@ -97,7 +97,7 @@ def test_fanout_logs_nested_runs_that_compare_reads_back(evaluated):
                 "auc.activity_gt_100", "auc.new_item", "n_candidates.activity_le_5"} <= set(m)
         assert m["n_prompts"] == min(PER_TASK, available[tags["rankbrew.task"]])
         probabilistic = tags["rankbrew.model"] == "teacher" or (
-            tags["rankbrew.model"] == "lightgbm" and "lightgbm_fallback" not in r.data.params)
+            tags["rankbrew.model"] in ("lightgbm", "lightgbm_ids") and "lightgbm_fallback" not in r.data.params)
         assert ({"log_loss", "ece"} <= set(m)) == probabilistic, tags["rankbrew.model"]
         if not math.isnan(m["auc"]):
             assert m["auc_ci_low"] <= m["auc"] <= m["auc_ci_high"]
@@ -124,7 +124,7 @@ def test_fanout_logs_nested_runs_that_compare_reads_back(evaluated):
     assert got.run.run_id == second.parent_run_id and got.run.evaluated_in == first.parent_run_id
     want = pl.read_csv(evaluated["dir"] / "summary.csv")
     assert got.table["task"].to_list() == want["task"].to_list()
-    for col in ("teacher", "popularity", "lightgbm", "sasrec", "gain_vs_best_baseline", "candidates"):
+    for col in ("teacher", "popularity", "lightgbm", "lightgbm_ids", "sasrec", "gain_vs_best_baseline", "candidates"):
         np.testing.assert_allclose(got.table[col].to_numpy().astype(float), want[col].to_numpy().astype(float),
                                    rtol=1e-9, equal_nan=True, err_msg=col)
     assert "course_view_learning (held out)" in got.markdown and "Cold start" in got.markdown
@@ -156,7 +156,7 @@ def test_summary_numbers_equal_metrics_recomputed_from_scores(evaluated):
             assert s.height == row["candidates"]
             want = roc_auc(s["score"].to_numpy(), s["label"].to_numpy())
             assert (math.isnan(want) and row[m] is None) or row[m] == pytest.approx(want, abs=1e-12)
-        best = max(("popularity", "lightgbm", "sasrec"), key=lambda b: row[b])
+        best = max(("popularity", "lightgbm", "lightgbm_ids", "sasrec"), key=lambda b: row[b])
         assert row["best_baseline"] == best
         assert row["gain_vs_best_baseline"] == pytest.approx(row["teacher"] - row[best])
     trained = table.filter(pl.col("is_mean") & ~pl.col("held_out")).row(0, named=True)
@@ -181,7 +181,7 @@ def test_summary_numbers_equal_metrics_recomputed_from_scores(evaluated):
     assert "## Paired deltas" in md and "per-list AUC" in md and "(descriptive)" in md
     assert "teacher vs popularity: paired delta of mean AUC" in md
     assert trained["gain_vs_best_baseline"] == pytest.approx(
-        trained["teacher"] - max(trained[b] for b in ("popularity", "lightgbm", "sasrec")))
+        trained["teacher"] - max(trained[b] for b in ("popularity", "lightgbm", "lightgbm_ids", "sasrec")))
 
     # the logged nDCG and log loss are those of the stored scores
     import mlflow
