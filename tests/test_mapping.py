@@ -341,3 +341,34 @@ def test_example_spec_ingests_and_validates(tmp_path: Path) -> None:
     assert report.tables["interactions"].rows_kept == 53
     assert sorted(w.split(" quarantined as ")[1].split(" ")[0] for w in report.warnings) == [
         "unknown_action", "unparsable_timestamp"]
+
+
+def test_a_column_can_fall_back_through_source_columns(tmp_path: Path) -> None:
+    _jsonl(tmp_path / "events.jsonl", [
+        {"user": 1, "item": 100, "type": "like", "ts": "2024-01-01 10:00:00 UTC"},
+        {"user": 1, "item": 101, "type": "like", "ts": "2024-01-02 10:00:00 UTC"},
+        {"user": 1, "item": 102, "type": "like", "ts": "2024-01-03 10:00:00 UTC"},
+    ])
+    _jsonl(tmp_path / "products.jsonl", [
+        {"asin": 100, "title": "Kettle", "brand": "Acme"},
+        {"asin": 101, "title": "  ", "brand": "Bolt"},      # blank title: the brand stands in
+        {"asin": 102, "title": None, "brand": None},         # nothing: stays missing
+    ])
+    spec_path = _spec(tmp_path, {
+        "default_item_type": "product",
+        "interactions": {"path": "events.jsonl", "columns": {"member_id": "user", "item_id": "item",
+                                                             "action": "type", "timestamp": "ts"},
+                         "constants": {"surface": "web"}, "actions_legal": ["like"]},
+        "items": {"path": "products.jsonl", "columns": {"item_id": "asin", "title": ["title", "brand"]}},
+    })
+    t = read_mapped(spec_path)
+    assert t.items.sort("item_id").get_column("title").to_list() == ["Kettle", "Bolt", None]
+    bad = _spec(tmp_path, {
+        "default_item_type": "product",
+        "interactions": {"path": "events.jsonl", "columns": {"member_id": "user", "item_id": "item",
+                                                             "action": "type", "timestamp": "ts"},
+                         "constants": {"surface": "web"}, "actions_legal": ["like"]},
+        "items": {"path": "products.jsonl", "columns": {"item_id": "asin", "title": ["title", "name"]}},
+    }, name="bad.yaml")
+    with pytest.raises(MappingError, match="'name'.*columns.title"):
+        read_mapped(bad)

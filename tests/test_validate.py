@@ -321,3 +321,19 @@ def test_guess_time_formats(values, first, also):
     assert (got[0] if got else None) == first
     if also:
         assert also in got
+
+
+def test_mostly_empty_and_nearly_constant_text_columns_are_warnings(tmp_path):
+    n = 30
+    items = pl.DataFrame({
+        "item_id": [f"j{k + 1}" for k in range(n)] + ["p1"], "item_type": ["job"] * n + ["post"],
+        "title": [f"Job {k}" for k in range(n)] + ["A post"],
+        "brand": ["Acme"] * (n - 1) + ["Bolt", None],           # 29 of 30 jobs say Acme
+        "summary": [None] * (n - 2) + ["x", "y", None],          # 28 of 30 jobs empty
+        "topic": [None] * n + ["news"],                          # a post-only field: fine
+    })
+    report = validate_dataset(_clean_world(tmp_path, items=items), tmp_path / "out", ["view"])
+    text = "\n".join(report.warnings)
+    assert "items.summary (job): 28 of 30 values (93%) are empty" in text
+    assert "items.brand (job): 29 of 30 non-empty values (97%) are `Acme`" in text
+    assert "topic" not in text and "title" not in text

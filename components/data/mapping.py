@@ -242,8 +242,9 @@ class TableSource(StrictModel):
     null_values: list[str] | None = Field(
         None, description="Source text that means missing (e.g. ['NA', '']); default: the "
         "spec's top-level null_values.")
-    columns: dict[str, str] = Field(
-        default_factory=dict, description="Output column -> source column."
+    columns: dict[str, str | list[str]] = Field(
+        default_factory=dict, description="Output column -> source column, or a list of source "
+        "columns tried in order (the first non-empty value wins: `title: [title, brand]`)."
     )
     keep: list[str] = Field(
         default_factory=list, description="Source columns kept under their own names."
@@ -581,9 +582,25 @@ def _file_bytes(path: Path) -> Path | io.BytesIO:
     return path
 
 
+def _sources(value: str | list[str]) -> list[str]:
+    """The source columns a ``columns`` entry names (one, or a fallback list)."""
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _column_expr(dst: str, value: str | list[str]) -> pl.Expr:
+    """One output column from its source(s): a fallback list takes, per row, the first
+    source whose value is not null and not blank (as text when the sources differ)."""
+    names = _sources(value)
+    if len(names) == 1:
+        return pl.col(names[0]).alias(dst)
+    tries = [pl.when(pl.col(n).cast(pl.Utf8).str.strip_chars() != "").then(pl.col(n).cast(pl.Utf8))
+             for n in names]
+    return pl.coalesce(tries).alias(dst)
+
+
 def _source_columns(src: TableSource) -> list[tuple[str, str]]:
     """(source column, spec key that names it), in spec order."""
-    out = [(s, f"columns.{dst}") for dst, s in src.columns.items()]
+    out = [(s, f"columns.{dst}") for dst, v in src.columns.items() for s in _sources(v)]
     out += [(k, "keep") for k in src.keep]
     return out + [(f, f"derive.{dst}") for dst, t in src.derive.items()
                   for f in dict.fromkeys(_template_fields(t))]
@@ -616,10 +633,10 @@ def _read_source(path: Path, src: TableSource, table: str, nulls: list[str]) -> 
             header = pl.read_csv(data, separator=sep, n_rows=0).columns
             if isinstance(data, io.BytesIO):
                 data.seek(0)
-            text_cols = [src.columns[c] for c in ID_COLUMNS[table] if c in src.columns]
+            text_cols = [n for c in ID_COLUMNS[table] if c in src.columns for n in _sources(src.columns[c])]
             if src.timestamp.format not in ("auto", "epoch_s", "epoch_ms"):
-                text_cols += [src.columns[c] for c in _time_columns(src, table)
-                              if c in src.columns]
+                text_cols += [n for c in _time_columns(src, table) if c in src.columns
+                              for n in _sources(src.columns[c])]
             _check_columns(path, header, src, table)
             df = pl.read_csv(
                 data,
@@ -919,7 +936,7 @@ def _convert(df: pl.DataFrame, src: TableSource, table: str, spec: MappingSpec) 
     """Rename, derive, add constants, clean text, cast canonical columns, map actions,
     parse times."""
     out = df.select(
-        *[pl.col(s).alias(dst) for dst, s in src.columns.items()],
+        *[_column_expr(dst, v) for dst, v in src.columns.items()],
         *[pl.col(k) for k in src.keep],
     )
     out = out.with_columns(

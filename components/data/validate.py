@@ -29,6 +29,7 @@ different source types still read back as one table), plus ``reason``,
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,11 @@ PROVENANCE_PREFIX = "_"  # columns like `_raw_timestamp` go to quarantine, not t
 DEFAULT_MAX_SHARE: dict[str, float] = {"members": 0.05, "items": 0.05, "interactions": 0.05}
 #: Share of a text column's values that look like HTML before validate warns.
 MARKUP_WARN_SHARE = 0.05
+#: A text column is "mostly empty" at this share of null / blank values, "nearly constant"
+#: when one value holds this share of the non-empty ones; checked from this many rows on.
+MOSTLY_EMPTY_SHARE = 0.9
+NEAR_CONSTANT_SHARE = 0.95
+TEXT_CHECK_MIN_ROWS = 20
 SAMPLE_ROWS = 200  # quarantined rows kept per (table, reason) to explain the reason
 
 # Which column a reason is about (the message names it).
@@ -185,6 +191,8 @@ class TableReport:
     examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     samples: dict[str, pl.DataFrame] = field(default_factory=dict, repr=False)
     markup: dict[str, list] = field(default_factory=dict, repr=False)
+    # per text column: [rows, empty (null or blank), Counter of the most frequent values]
+    text_stats: dict[str, list] = field(default_factory=dict, repr=False)
 
     @property
     def rows_quarantined(self) -> int:
@@ -419,6 +427,20 @@ def _count_markup(good: pl.DataFrame, skip: Iterable[str], report: TableReport) 
             s = good.get_column(name)
         else:
             continue
+        # per item type on a mixed catalogue: a job-only field is not "mostly empty" on posts
+        groups = (good.get_column("item_type") if "item_type" in good.columns
+                  else pl.Series([None] * good.height, dtype=pl.Utf8))
+        for (group,), part in pl.DataFrame({"g": groups, "v": s}).group_by("g"):
+            v = part.get_column("v")
+            filled = v.drop_nulls().filter(v.drop_nulls().str.strip_chars() != "")
+            if group is not None and filled.len() == 0:
+                continue  # the field does not exist for this item type
+            key = name if group is None else f"{name} ({group})"
+            stats = report.text_stats.setdefault(key, [0, 0, Counter()])
+            stats[0] += v.len()
+            stats[1] += v.len() - filled.len()
+            for value, count in filled.value_counts(sort=True).head(20).iter_rows():
+                stats[2][value] += count
         s = s.drop_nulls()
         hits = s.filter(s.str.contains(pattern))
         seen = report.markup.setdefault(name, [0, 0, None])
@@ -758,6 +780,20 @@ def _judge(report: ValidationReport, cfg: ValidationConfig, ctx: _Context) -> No
                     f"{name}: {n:,} rows ({n / t.rows_in:.1%}) point at ids missing from the "
                     f"{'members' if ref == 'unknown_member' else 'items'} table ({ref}), "
                     f"{n - counted:,} of them quarantined for another reason first")
+        for col, (rows, empty, common) in t.text_stats.items():
+            filled = rows - empty
+            if rows >= TEXT_CHECK_MIN_ROWS and empty / rows >= MOSTLY_EMPTY_SHARE:
+                t.warnings.append(
+                    f"{name}.{col}: {empty:,} of {rows:,} values ({empty / rows:.0%}) are empty: the "
+                    f"prompts will rarely show it; map another source column (a fallback list "
+                    f"`{col}: [a, b]` under {name}.columns) or drop it")
+            elif filled >= TEXT_CHECK_MIN_ROWS and common:
+                value, n = common.most_common(1)[0]
+                if n / filled >= NEAR_CONSTANT_SHARE:
+                    t.warnings.append(
+                        f"{name}.{col}: {n:,} of {filled:,} non-empty values ({n / filled:.0%}) are "
+                        f"`{_short(value)}`: a nearly constant field tells the model nothing; check "
+                        f"the source column or drop it")
         for col, (total, hits, example) in t.markup.items():
             if total and hits / total >= MARKUP_WARN_SHARE:
                 t.warnings.append(
