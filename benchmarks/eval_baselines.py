@@ -1,7 +1,7 @@
 """Per-task AUC of the ID-based baselines on a pipeline run's evaluation prompts.
 
 Fits ``popularity``, ``lightgbm``, ``lightgbm_ids`` and ``sasrec``
-(components/evaluate/baselines.py) on the train split of a split-stage output and scores the prompts of one evaluation split
+(components/evaluate/baselines/) on the train split of a split-stage output and scores the prompts of one evaluation split
 of a promptify-stage output; prints one row per task (pooled AUC over the task's
 candidates, lists = prompts), the popularity variant chosen per task, a mean over
 tasks, and the mean per-task AUC per slice (activity buckets, new items).

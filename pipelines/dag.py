@@ -10,9 +10,8 @@ Design (see docs/pipelines.md):
   deprecated in Ray 2.60; plain tasks + ObjectRefs are the stable core API.)
 * A stage's output is a directory ``<work_dir>/artifacts/<stage>/<key>`` where
   ``key = hash(stage, its config sections, its code, upstream keys, external-input
-  fingerprint)``; "its code" is the contents of the stage function's module and of the
-  modules and packages the stage declares in ``Stage.code``, so changed code never reuses
-  an artifact that older code built.
+  fingerprint)`` (:mod:`pipelines.keys`; changed code never reuses an artifact that older
+  code built).
   The directory is built under a temporary name and renamed when the stage succeeds,
   so a crashed stage leaves no half-written artifact: the rerun skips every finished
   stage (and says so) and resumes at the one that failed.
@@ -24,10 +23,6 @@ Design (see docs/pipelines.md):
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import importlib.util
-import inspect
 import json
 import os
 import shutil
@@ -42,6 +37,8 @@ from typing import Any
 from components import tracking
 from components.config import PipelineConfig, config_hash, with_absolute_paths
 from pipelines.console import EVENTS_ENV, Follower, emit
+from pipelines.keys import code_files, select_config, stage_key
+from pipelines.keys import fingerprint_paths as fingerprint_paths  # re-exported: stages use it
 
 MANIFEST = "_rankbrew_manifest.json"
 
@@ -169,97 +166,6 @@ class Pipeline:
             if any(d in out for d in self.stages[n].deps):
                 out.add(n)
         return out
-
-
-# ----------------------------------------------------------------------------- keys
-
-
-def select_config(cfg: PipelineConfig, keys: Iterable[str]) -> dict[str, Any]:
-    """The config sections a stage depends on, as plain JSON-able data."""
-    dumped = cfg.model_dump(mode="json")
-    out: dict[str, Any] = {}
-    for dotted in keys:
-        node: Any = dumped
-        for part in dotted.split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise KeyError(f"stage config key '{dotted}' is not a field of the pipeline config")
-            node = node[part]
-        out[dotted] = node
-    return out
-
-
-def _function_source_file(fn: Callable[..., Any]) -> tuple[str, Path | None]:
-    """(module name, source file) of a stage function (partials and wrappers unwrapped)."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    fn = inspect.unwrap(fn)
-    try:
-        source = inspect.getsourcefile(fn)
-    except TypeError:  # a builtin or a callable object without a source file
-        source = None
-    return getattr(fn, "__module__", None) or "<unknown>", Path(source) if source else None
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def code_files(stage: Stage) -> dict[str, str]:
-    """``{file label: sha256 of its contents}`` for the code behind ``stage``: the stage
-    function's module plus every module and package (all ``.py`` files below it) named in
-    ``stage.code``. Exact contents, not mtimes: a checkout or ``touch`` changes nothing,
-    any edit (comments included) reruns the stage. Labels are module-relative, so the same
-    code in another checkout gives the same key.
-
-    Raises ``ValueError`` naming the stage when a declared name cannot be found."""
-    module, source = _function_source_file(stage.run)
-    out: dict[str, str] = {}
-    if source is not None and source.is_file():
-        out[f"{module} (stage module)"] = _sha256(source)
-    for name in stage.code:
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None:
-            raise ValueError(
-                f"stage '{stage.name}': code dependency '{name}' is not an importable module or "
-                f"package; fix the name in its Stage(code=...) (dotted, e.g. 'components.data')")
-        if spec.submodule_search_locations is not None:  # a package, namespace or regular
-            for root in sorted({Path(p) for p in spec.submodule_search_locations}):
-                for f in sorted(root.rglob("*.py")):
-                    if "__pycache__" not in f.parts:
-                        out[f"{name}/{f.relative_to(root).as_posix()}"] = _sha256(f)
-        elif spec.origin and Path(spec.origin).is_file():
-            out[name] = _sha256(Path(spec.origin))
-        else:
-            raise ValueError(f"stage '{stage.name}': code dependency '{name}' has no source file "
-                             f"({spec.origin}); declare Python source modules only")
-    return dict(sorted(out.items()))
-
-
-def stage_key(stage: Stage, cfg: PipelineConfig, upstream: Mapping[str, str],
-              code: Mapping[str, str] | None = None) -> str:
-    """hash(stage name and version, its config sections, its code, upstream keys, external
-    fingerprint). ``code`` is :func:`code_files` of the stage, computed when not given."""
-    payload = {
-        "stage": stage.name,
-        "version": stage.version,
-        "config": select_config(cfg, stage.config_keys),
-        "code": config_hash(dict(code if code is not None else code_files(stage))),
-        "inputs": dict(sorted(upstream.items())),
-        "external": stage.fingerprint(cfg) if stage.fingerprint else None,
-    }
-    return config_hash(payload)
-
-
-def fingerprint_paths(paths: Iterable[Path]) -> str:
-    """Cheap content identity of source files: path, size and modification time."""
-    items = []
-    for p in sorted(Path(x) for x in paths):
-        st = p.stat()
-        items.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
-    return config_hash({"files": items})
 
 
 # ----------------------------------------------------------------------------- execution

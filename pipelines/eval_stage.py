@@ -27,10 +27,8 @@ Flow (deps: ``split``, ``promptify``, ``align``):
 
 from __future__ import annotations
 
-import json
 import math
 import time
-import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,13 @@ import numpy as np
 import polars as pl
 
 from components.config import PipelineConfig
+from components.evaluate.report import CONSOLE_SECTIONS as CONSOLE_SECTIONS
 from components.evaluate.report import TEACHER, EvalRecord
+from components.evaluate.report import console_summary as console_summary
+from components.evaluate.report import load_records as load_records
+from components.evaluate.sample import EXAMPLE_COLUMNS as EXAMPLE_COLUMNS
+from components.evaluate.sample import select_eval_rows
+from components.evaluate.score import evaluate_model_on_task
 from pipelines.dag import Stage, StageContext
 
 TAG_MODEL = "rankbrew.model"
@@ -48,97 +52,9 @@ TAG_HELD_OUT = "rankbrew.held_out"
 TAG_EVAL_SPLIT = "rankbrew.eval_split"
 EVAL_KIND = "eval"
 
-#: Columns of the promptify examples the evaluation reads.
-EXAMPLE_COLUMNS = ("example_id", "member_id", "task_id", "split", "held_out", "cutoff", "prefix",
-                   "candidates", "candidate_item_ids", "labels", "n_prior_events")
 
-
-# ============================================================================ inputs
-def select_eval_rows(examples_dir: Path, split: str, max_per_task: int | None = None, seed: int = 0,
-                     tasks: list[str] | None = None) -> pl.DataFrame:
-    """The evaluation prompts of ``split``: per task at most ``max_per_task`` rows, drawn
-    with a generator seeded by (``seed``, task id), so a task's sample does not depend on
-    which other tasks are evaluated. Sorted by (task_id, example_id)."""
-    ex = (pl.read_parquet(examples_dir, columns=list(EXAMPLE_COLUMNS))
-          .filter(pl.col("split") == split).sort("task_id", "example_id"))
-    if ex.height == 0:
-        raise ValueError(f"no '{split}' prompts in {examples_dir}: set evaluate.split to a split "
-                         f"the promptify stage wrote (valid or test)")
-    present = sorted(ex["task_id"].unique().to_list())
-    if tasks is not None:
-        unknown = sorted(set(tasks) - set(present))
-        if unknown:
-            raise ValueError(f"evaluate.tasks names {unknown}, which have no '{split}' prompts; "
-                             f"tasks with prompts: {present}")
-        ex = ex.filter(pl.col("task_id").is_in(tasks))
-    if max_per_task is None:
-        return ex
-    parts = []
-    for (task_id,), part in ex.group_by("task_id", maintain_order=True):
-        if part.height > max_per_task:
-            rng = np.random.default_rng([seed, zlib.crc32(str(task_id).encode())])
-            part = part[np.sort(rng.choice(part.height, size=max_per_task, replace=False))]
-        parts.append(part)
-    return pl.concat(parts)
-
-
-# ============================================================================ one (model, task)
-def evaluate_model_on_task(model: str, examples: pl.DataFrame, flags: pl.DataFrame, scorer: Any,
-                           data: Any, settings: Mapping[str, Any]) -> tuple[dict[str, float], pl.DataFrame]:
-    """Score one task's prompts with one model and measure it (the body of a fan-out task).
-
-    ``scorer`` is the teacher's model directory (``model == "teacher"``) or a fitted
-    baseline (with ``data``, the split's :class:`BaselineData`). ``flags`` are the task's
-    candidate rows with slice flags. Returns (metrics, scores) where scores holds
-    ``example_id, position, score, prob`` (``prob`` null unless the model gives
-    probabilities: the teacher's P(yes), LightGBM's on tasks it has a booster for).
-
-    The teacher ranks by its logit margin (``logit_yes - logit_no``): P(yes) in float32
-    saturates at 0 and 1 and would turn confident answers into ties."""
-    import torch
-
-    from components.evaluate.report import model_task_metrics
-
-    torch.set_num_threads(1)  # one CPU per task (num_cpus=1)
-    task_id = examples["task_id"][0]
-    if model == TEACHER:
-        from components.model.engine import ScoringEngine
-
-        engine = ScoringEngine.from_pretrained(scorer)
-        lists = engine.score_batch([(p, list(c)) for p, c in zip(examples["prefix"], examples["candidates"],
-                                                                  strict=True)], margins=True)
-        lists = [np.asarray(x, dtype=np.float64) for x in lists]
-        # P(yes) as served: through the model's calibration.json when it has one
-        probs = [engine.probabilities(x).astype(np.float64) for x in lists]
-    else:
-        from components.evaluate.baselines import score_lists
-
-        lists = score_lists(scorer, data, examples)
-        gives_probs = model in ("lightgbm", "lightgbm_ids") and getattr(scorer, "boosters", {}).get(task_id) is not None
-        probs = lists if gives_probs else None
-    sizes = [len(x) for x in lists]
-    expected = examples["candidate_item_ids"].list.len().to_list()
-    if sizes != expected:
-        raise RuntimeError(f"{model} returned {sum(sizes)} scores for task {task_id} but its prompts "
-                           f"hold {sum(expected)} candidates: a scorer must score every candidate")
-    flat = np.concatenate(lists) if lists else np.zeros(0)
-    scores = pl.DataFrame({
-        "example_id": np.repeat(examples["example_id"].to_numpy(), sizes),
-        "position": np.concatenate([np.arange(n) for n in sizes]).astype(np.int32),
-        "score": flat,
-    }, schema={"example_id": pl.Utf8, "position": pl.Int32, "score": pl.Float64})
-    scores = scores.with_columns(pl.Series("prob", np.concatenate(probs), dtype=pl.Float64)
-                                 if probs is not None else pl.lit(None, pl.Float64).alias("prob"))
-    rows = flags.join(scores, on=["example_id", "position"], how="left")
-    if rows["score"].null_count():
-        raise RuntimeError(f"{rows['score'].null_count()} candidate rows of task {task_id} got no "
-                           f"{model} score: the scores do not line up with the candidates (a bug)")
-    metrics = model_task_metrics(rows, "score", "prob" if probs is not None else None,
-                                 n_boot=settings["bootstrap_samples"], ece_bins=settings["ece_bins"],
-                                 seed=settings["seed"])
-    return metrics, scores
-
-
+# ============================================================================ fan-out
+# the prompts: components/evaluate/sample.py; one (model, task): components/evaluate/score.py
 def run_fanout(examples: pl.DataFrame, flags: pl.DataFrame, scorers: Mapping[str, Any], data: Any,
                settings: Mapping[str, Any], on_result: Callable[[EvalRecord], None] | None = None,
                teacher_gpus: float = 0.0) -> list[tuple[EvalRecord, pl.DataFrame]]:
@@ -447,33 +363,3 @@ EVALUATE_MODEL_STAGE = Stage(
 def summary_path(stage_dir: Path) -> Path:
     """Where the stage leaves its markdown summary (the CLI prints it after a run)."""
     return Path(stage_dir) / "summary.md"
-
-
-#: Sections of ``summary.md`` the console shows after a run (the per-task tables stay in
-#: the file: 30 tasks x 5 models would bury the headline).
-CONSOLE_SECTIONS = ("## Headline", "## Cold start: ", "## Does the question matter?")
-
-
-def console_summary(markdown: str) -> str:
-    """The title, the headline table with its verdict lines, the cold-start table and the
-    opposite-task verdict of a ``summary.md``."""
-    parts = markdown.split("\n## ")
-    out = [parts[0].splitlines()[0]]
-    for part in parts[1:]:
-        section = "## " + part
-        if section.startswith(CONSOLE_SECTIONS):
-            lines = [ln for ln in section.splitlines() if ln.strip()]
-            if section.startswith("## Does the question matter?"):
-                lines = [lines[0], *[ln for ln in lines if ln.startswith("- ")]]
-            else:  # the table and its bullet lines, not the explanatory paragraph
-                lines = [lines[0], *[ln for ln in lines[1:] if ln.startswith(("|", "- "))]]
-            out.append("\n".join(lines))
-    return "\n\n".join(out)
-
-
-def load_records(stage_dir: Path) -> list[EvalRecord]:
-    """The stage's per-(model, task) records from its ``results.json``."""
-    raw = json.loads((Path(stage_dir) / "results.json").read_text())
-    return [EvalRecord(r["model"], r["task_id"], r["held_out"],
-                       {k: math.nan if v is None else float(v) for k, v in r["metrics"].items()})
-            for r in raw["records"]]

@@ -262,7 +262,7 @@ class EvaluateConfig(StrictModel):
         "(components/tracking/models.py). null: this run's teacher.")
     baselines: list[Literal["popularity", "lightgbm", "lightgbm_ids", "sasrec"]] = Field(
         ["popularity", "lightgbm", "lightgbm_ids", "sasrec"], description="ID-based baselines "
-        "fitted on the train split (components/evaluate/baselines.py).")
+        "fitted on the train split (components/evaluate/baselines/).")
     opposite_tasks: list[list[str]] | None = Field(
         None, description="Pairs [A, B] of tasks that should rank in opposite orders; A's "
         "prompts are scored again asked as B (components/evaluate/opposites.py). null: derived "

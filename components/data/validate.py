@@ -24,6 +24,10 @@ looks like HTML is warned about too: markup in a prompt wastes tokens.
 Quarantined rows keep every original column, cast to text (so part files with slightly
 different source types still read back as one table), plus ``reason``,
 ``source_file`` and ``source_row``.
+
+Layout: this module reads and checks the tables; :mod:`components.data.validate_report`
+holds the config, the errors and the report, :mod:`components.data.validate_messages`
+the judging and the messages. Every name stays importable from here.
 """
 
 from __future__ import annotations
@@ -31,259 +35,47 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import Field, field_validator
 
-from components.config_base import StrictModel
 from components.data.mapping import HTML_ENTITY, HTML_TAG, parse_datetime_text
 from components.data.schema import (
     FREE_COLUMN_FAMILIES,
     INTERACTIONS,
     ITEMS,
     MEMBERS,
-    TABLES,
     TableSchema,
     type_family,
 )
 from components.data.tables import table_files, write_table
-
-PL_TIMESTAMP = pl.Datetime("us", "UTC")
-PROVENANCE_PREFIX = "_"  # columns like `_raw_timestamp` go to quarantine, not to clean output
-
-#: Share of a table's rows one reason may quarantine before the stage fails.
-DEFAULT_MAX_SHARE: dict[str, float] = {"members": 0.05, "items": 0.05, "interactions": 0.05}
-#: Share of a text column's values that look like HTML before validate warns.
-MARKUP_WARN_SHARE = 0.05
-#: A text column is "mostly empty" at this share of null / blank values, "nearly constant"
-#: when one value holds this share of the non-empty ones; checked from this many rows on.
-MOSTLY_EMPTY_SHARE = 0.9
-NEAR_CONSTANT_SHARE = 0.95
-TEXT_CHECK_MIN_ROWS = 20
-SAMPLE_ROWS = 200  # quarantined rows kept per (table, reason) to explain the reason
-
-# Which column a reason is about (the message names it).
-REASON_COLUMN = {
-    "missing_member_id": "member_id", "duplicate_member_id": "member_id",
-    "unknown_member": "member_id", "missing_item_id": "item_id",
-    "duplicate_item_id": "item_id", "unknown_item": "item_id",
-    "missing_item_type": "item_type", "missing_title": "title",
-    "unparsable_created_at": "created_at", "missing_surface": "surface",
-    "unknown_action": "action", "missing_timestamp": "timestamp",
-    "unparsable_timestamp": "timestamp",
-    "duplicate": "member_id, item_id, surface, action, timestamp",
-}
-UNKNOWN_REFS = ("unknown_member", "unknown_item")
-
-# strftime patterns tried on unparsable time text, to suggest `timestamp.format`.
-FORMAT_CANDIDATES = (
-    "%d/%m/%Y %H:%M:%S", "%m/%d/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%m/%d/%Y %H:%M",
-    "%m/%d/%Y %I:%M:%S %p", "%m/%d/%Y %I:%M %p", "%d/%m/%Y", "%m/%d/%Y",
-    "%d/%m/%y %H:%M", "%m/%d/%y %H:%M", "%d/%m/%y", "%m/%d/%y",
-    "%d.%m.%Y %H:%M:%S", "%d.%m.%Y %H:%M", "%d.%m.%Y", "%d-%m-%Y %H:%M:%S", "%d-%m-%Y",
-    "%Y%m%d%H%M%S", "%Y%m%dT%H%M%S", "%Y%m%d", "%d-%b-%Y %H:%M:%S", "%d-%b-%Y",
-    "%d %b %Y", "%b %d, %Y", "%B %d, %Y", "%b %d %Y %H:%M:%S", "%Y-%m-%d %I:%M:%S %p",
-    "%a %b %d %H:%M:%S %Y",
+from components.data.validate_messages import (
+    _Context,
+    _error_message,
+    _judge,
+    guess_time_formats,
 )
-
-
-class SchemaError(ValueError):
-    """A whole-file problem: the message names file, column, expected type and the fix."""
-
-
-class QuarantineError(ValueError):
-    """Too large a share of a table was quarantined for one reason: the data is misread
-    (a format, an id column), not dirty. The message names reason, column, fix and
-    examples; ``report`` is the full accounting (also in ``report.json``)."""
-
-    def __init__(self, message: str, report: ValidationReport) -> None:
-        super().__init__(message)
-        self.report = report
-
-
-class ValidationConfig(StrictModel):
-    """When quarantined rows stop the ``validate`` stage instead of being a footnote
-    (the profile's ``validation:`` section).
-
-    ``max_quarantine_share`` maps a table (``interactions``) or one reason of it
-    (``interactions.unknown_item``) to the share of the table's rows that reason may
-    take; tables not named keep :data:`DEFAULT_MAX_SHARE`. 1.0 never fails.
-    """
-
-    max_quarantine_share: dict[str, float] = Field(
-        default_factory=dict,
-        description="table or table.reason -> largest share of rows one reason may "
-        "quarantine (default 0.05 per table); above it validate fails.")
-    examples: int = Field(3, ge=0, le=50, description="Example rows shown per reason.")
-
-    @field_validator("max_quarantine_share", mode="before")
-    @classmethod
-    def _flatten(cls, v: object) -> object:
-        """``{interactions: {unknown_item: 0.3}}`` (what ``--set validation.max_quarantine_share.
-        interactions.unknown_item=0.3`` builds) means ``interactions.unknown_item: 0.3``."""
-        if not isinstance(v, Mapping):
-            return v
-        flat: dict[object, object] = {}
-        for key, value in v.items():
-            if isinstance(value, Mapping):
-                flat.update({f"{key}.{reason}": share for reason, share in value.items()})
-            else:
-                flat[key] = value
-        return flat
-
-    @field_validator("max_quarantine_share")
-    @classmethod
-    def _known_keys(cls, v: dict[str, float]) -> dict[str, float]:
-        for key, share in v.items():
-            table = key.split(".", 1)[0]
-            if table not in TABLES:
-                raise ValueError(f"key {key!r}: start it with a table name ({', '.join(TABLES)}), "
-                                 f"optionally followed by .<reason> (e.g. interactions.unknown_item)")
-            if not 0.0 <= share <= 1.0:
-                raise ValueError(f"key {key!r}: share {share} must be between 0 and 1 "
-                                 f"(0.05 = 5% of the table's rows)")
-        return v
-
-    def limit(self, table: str, reason: str) -> float:
-        """The share of ``table`` that ``reason`` may quarantine."""
-        given = self.max_quarantine_share
-        return given.get(f"{table}.{reason}", given.get(table, DEFAULT_MAX_SHARE[table]))
-
-
-@dataclass
-class Finding:
-    """One (table, reason) share judged against its limit: an error or a warning."""
-
-    table: str
-    reason: str
-    rows: int
-    rows_in: int
-    limit: float
-    level: Literal["error", "warning"]
-    message: str
-
-    @property
-    def share(self) -> float:
-        return self.rows / self.rows_in if self.rows_in else 0.0
-
-
-@dataclass
-class TableReport:
-    """Row accounting of one table; ``balanced`` must always be true.
-
-    ``unknown_refs`` (interactions): rows whose member / item id is not in the kept
-    members / items, whatever their quarantine reason. ``samples`` holds up to
-    :data:`SAMPLE_ROWS` quarantined rows per reason, for the messages only.
-    """
-
-    table: str
-    rows_in: int = 0
-    rows_kept: int = 0
-    quarantined: dict[str, int] = field(default_factory=dict)
-    files: int = 0
-    unknown_refs: dict[str, int] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
-    samples: dict[str, pl.DataFrame] = field(default_factory=dict, repr=False)
-    markup: dict[str, list] = field(default_factory=dict, repr=False)
-    # per text column: [rows, empty (null or blank), Counter of the most frequent values]
-    text_stats: dict[str, list] = field(default_factory=dict, repr=False)
-
-    @property
-    def rows_quarantined(self) -> int:
-        return sum(self.quarantined.values())
-
-    @property
-    def balanced(self) -> bool:
-        return self.rows_in == self.rows_kept + self.rows_quarantined
-
-    def add(self, other: TableReport) -> None:
-        self.rows_in += other.rows_in
-        self.rows_kept += other.rows_kept
-        self.files += other.files
-        for reason, n in other.quarantined.items():
-            self.quarantined[reason] = self.quarantined.get(reason, 0) + n
-        for ref, n in other.unknown_refs.items():
-            self.unknown_refs[ref] = self.unknown_refs.get(ref, 0) + n
-
-    def share(self, reason: str) -> float:
-        return self.quarantined.get(reason, 0) / self.rows_in if self.rows_in else 0.0
-
-    def to_dict(self) -> dict:
-        out = {
-            "table": self.table, "rows_in": self.rows_in, "rows_kept": self.rows_kept,
-            "quarantined": dict(self.quarantined), "files": self.files,
-            "rows_quarantined": self.rows_quarantined, "balanced": self.balanced,
-            "quarantined_share": {r: round(self.share(r), 6) for r in sorted(self.quarantined)},
-            "warnings": list(self.warnings), "examples": self.examples,
-        }
-        if self.unknown_refs:
-            out["unknown_refs"] = dict(self.unknown_refs)
-        return out
-
-
-@dataclass
-class ValidationReport:
-    """Accounting for a whole dataset; written as ``report.json`` next to the output."""
-
-    tables: dict[str, TableReport]
-    findings: list[Finding] = field(default_factory=list)
-
-    @property
-    def balanced(self) -> bool:
-        return all(t.balanced for t in self.tables.values())
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.level == "error"]
-
-    @property
-    def warnings(self) -> list[str]:
-        """Every warning line (quarantine shares under their limit, markup in text)."""
-        return [w for t in self.tables.values() for w in t.warnings]
-
-    def to_dict(self) -> dict:
-        return {name: t.to_dict() for name, t in self.tables.items()}
-
-    def metrics(self) -> dict[str, float]:
-        """Flat numbers for MLflow (``interactions.rows_in``, ``interactions.q.unknown_action``,
-        ``interactions.q_share.unknown_action``, ``interactions.unknown_member``, ``warnings``)."""
-        out: dict[str, float] = {}
-        for name, t in self.tables.items():
-            out[f"{name}.rows_in"] = t.rows_in
-            out[f"{name}.rows_kept"] = t.rows_kept
-            out[f"{name}.rows_quarantined"] = t.rows_quarantined
-            for reason, n in t.quarantined.items():
-                out[f"{name}.q.{reason}"] = n
-                out[f"{name}.q_share.{reason}"] = t.share(reason)
-            for ref, n in t.unknown_refs.items():
-                out[f"{name}.{ref}"] = n
-            out[f"{name}.warnings"] = len(t.warnings)
-        out["warnings"] = len(self.warnings)
-        return out
-
-    def summary_lines(self) -> list[str]:
-        lines = []
-        for name, t in self.tables.items():
-            reasons = ", ".join(f"{r}={n} ({t.share(r):.1%})"
-                                for r, n in sorted(t.quarantined.items())) or "none"
-            lines.append(
-                f"{name}: in={t.rows_in} kept={t.rows_kept} quarantined={t.rows_quarantined} "
-                f"({reasons}) balanced={t.balanced}"
-            )
-            if t.unknown_refs:
-                refs = ", ".join(f"{r}={n} ({n / t.rows_in if t.rows_in else 0:.1%})"
-                                 for r, n in t.unknown_refs.items())
-                lines.append(f"{name}: rows pointing at ids missing from the entity tables "
-                             f"(whatever else is wrong with them): {refs}")
-        lines += [f"WARNING {w}" for w in self.warnings]
-        return lines
-
+from components.data.validate_report import (
+    DEFAULT_MAX_SHARE,
+    FORMAT_CANDIDATES,
+    MARKUP_WARN_SHARE,
+    MOSTLY_EMPTY_SHARE,
+    NEAR_CONSTANT_SHARE,
+    PL_TIMESTAMP,
+    PROVENANCE_PREFIX,
+    REASON_COLUMN,
+    SAMPLE_ROWS,
+    TEXT_CHECK_MIN_ROWS,
+    UNKNOWN_REFS,
+    Finding,
+    QuarantineError,
+    SchemaError,
+    TableReport,
+    ValidationConfig,
+    ValidationReport,
+)
 
 # --------------------------------------------------------------------------- file checks
 
@@ -615,213 +407,6 @@ def _write_quarantine(frames: list[pl.DataFrame], qdir: Path) -> None:
     write_table(df, qdir)
 
 
-# --------------------------------------------------------------------------- speaking up
-
-
-def guess_time_formats(values: Iterable[str]) -> list[str]:
-    """strftime patterns of :data:`FORMAT_CANDIDATES` that read every one of ``values``.
-
-    More than one means the values cannot tell (``03/04/2014``: day or month first?).
-    """
-    sample = pl.Series([v.strip() for v in values if v and v.strip()], dtype=pl.Utf8).unique()
-    if sample.is_empty():
-        return []
-    hits = []
-    for fmt in FORMAT_CANDIDATES:
-        parsed = sample.str.to_datetime(fmt, strict=False, time_unit="us")
-        if parsed.null_count() == 0:
-            hits.append(fmt)
-    return hits
-
-
-def _short(value: object, width: int = 60) -> str:
-    text = "" if value is None else str(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _example_rows(table: str, rows: pl.DataFrame, column: str, n: int) -> list[dict[str, str]]:
-    """The first ``n`` rows of a reason, with the columns that explain it."""
-    wanted = [*TABLES[table].required, *[c.strip() for c in column.split(",")], f"_raw_{column}"]
-    # Entity tables have few required columns: a few profile columns give the row a face.
-    wanted += [c for c in rows.columns if not c.startswith("_")
-               and c not in ("reason", "source_file", "source_row")][:6]
-    cols = [c for c in dict.fromkeys([*wanted, "source_file", "source_row"]) if c in rows.columns]
-    out = []
-    for row in rows.head(n).select(cols).iter_rows(named=True):
-        if "source_file" in row and row["source_file"]:
-            row["source_file"] = Path(row["source_file"]).name
-        out.append({k: _short(v) for k, v in row.items() if v is not None})
-    return out
-
-
-def _norm_ids(s: pl.Series) -> pl.Series:
-    """Ids without the usual format noise: case, leading zeros, a '.0' from a float."""
-    return (s.cast(pl.Utf8).str.strip_chars().str.to_lowercase()
-            .str.replace(r"\.0+$", "").str.replace(r"^0+(\d)", "${1}"))
-
-
-@dataclass
-class _Context:
-    """What the explanations need besides the report."""
-
-    legal_actions: list[str]
-    member_ids: pl.DataFrame
-    item_ids: pl.DataFrame
-    entity_quarantine: dict[str, pl.DataFrame]  # table -> quarantined rows (id, reason)
-
-
-def _values(rows: pl.DataFrame, column: str) -> list[str]:
-    raw = f"_raw_{column}"
-    col = raw if raw in rows.columns and rows.get_column(raw).null_count() < rows.height else column
-    if col not in rows.columns:
-        return []
-    return [v for v in rows.get_column(col).cast(pl.Utf8).to_list() if v is not None]
-
-
-def _explain(table: str, reason: str, rows: pl.DataFrame, ctx: _Context) -> str:
-    """The likely cause and fix of one reason, from its sampled rows (one or two lines)."""
-    column = REASON_COLUMN.get(reason, "?")
-    spec = "in the mapping spec (docs/datasets.md)"
-    if reason in ("unparsable_timestamp", "unparsable_created_at"):
-        values = _values(rows, column)
-        looks = ", ".join(f"`{_short(v, 40)}`" for v in list(dict.fromkeys(values))[:3]) \
-            or "(no text kept)"
-        key = f"{table}.timestamp.format"
-        formats = guess_time_formats(values)
-        if formats:
-            fix = f"set `{key}: \"{formats[0]}\"` {spec}"
-            if len(formats) > 1:
-                fix += (f"; these values also read as {', '.join(repr(f) for f in formats[1:3])}: "
-                        f"check which one the source uses")
-        else:
-            fix = (f"set `{key}` {spec} to a strftime pattern that matches them "
-                   f"(`auto` reads ISO-8601 with `T` or a space, fractions, `Z`/`UTC`/offsets/zone "
-                   f"names, RFC 2822 and epoch numbers)")
-        return f"{column} values look like {looks}: {fix}, or write ISO-8601 upstream"
-    if reason == "missing_timestamp":
-        return (f"the timestamp is empty: check `{table}.columns.timestamp` names the time "
-                f"column; if the source writes missing values as text (`NA`, `-`), list them "
-                f"under `null_values` so they count as missing on purpose")
-    if reason in ("unknown_member", "unknown_item"):
-        entity, id_col = ("members", "member_id") if reason == "unknown_member" else ("items", "item_id")
-        kept = (ctx.member_ids if entity == "members" else ctx.item_ids).get_column(id_col)
-        unknown = pl.Series(_values(rows, id_col), dtype=pl.Utf8).unique()
-        looks = ", ".join(f"`{v}`" for v in unknown.head(3).to_list())
-        known = ", ".join(f"`{v}`" for v in kept.head(3).to_list()) or "(none)"
-        hints = []
-        bad = ctx.entity_quarantine.get(entity)
-        if bad is not None and bad.height and unknown.len():
-            hit = bad.filter(pl.col(id_col).is_in(unknown.implode()))
-            if hit.height:
-                why = ", ".join(sorted(set(hit.get_column("reason").to_list())))
-                hints.append(f"{hit.get_column(id_col).n_unique()} of the {unknown.len()} sampled "
-                             f"ids are in the {entity} quarantine ({why}): fix those rows first")
-        if unknown.len() and kept.len():
-            same = _norm_ids(unknown).is_in(_norm_ids(kept).implode()).sum()
-            if same:
-                hints.append(f"{same} of the {unknown.len()} sampled ids match a {entity} id "
-                             f"once case, leading zeros or '.0' are ignored: the two id columns "
-                             f"are written differently; read both as text the same way")
-        derive = ("drop the `members:` section to derive members from the interactions"
-                  if entity == "members" else
-                  "derive items from the event columns (`items.distinct`, docs/datasets.md) or "
-                  "drop the `items:` section")
-        hints.append(f"check that `{entity}.columns.{id_col}` and `interactions.columns.{id_col}` "
-                     f"name the same id, or {derive}")
-        return (f"{id_col} values such as {looks} are not in the kept {entity} "
-                f"({kept.len()} ids, e.g. {known}): " + "; ".join(hints))
-    if reason == "unknown_action":
-        counts = (pl.Series(_values(rows, "action"), dtype=pl.Utf8).value_counts(sort=True)
-                  .head(5).iter_rows())
-        seen = ", ".join(f"`{v}` ({n})" for v, n in counts)
-        return (f"actions such as {seen} (in the sampled rows) are not in the legal vocabulary "
-                f"{ctx.legal_actions}: map them under `interactions.actions` (source value: "
-                f"canonical action), or add them to `interactions.actions_legal` / `data.actions`")
-    if reason in ("duplicate_member_id", "duplicate_item_id"):
-        entity = "members" if reason == "duplicate_member_id" else "items"
-        return (f"several rows share one {column}: if the source spreads a profile over many rows "
-                f"(one per job, degree, ...), merge them with `{entity}.aggregate` (first, last, "
-                f"list, count, join) or keep the latest with `{entity}.distinct` {spec}")
-    if reason == "duplicate":
-        return ("rows repeat another row's (member_id, item_id, surface, action, timestamp): a log "
-                "exported twice, or timestamps too coarse (date only) to tell events apart")
-    if reason == "missing_title":
-        return (f"items have no title: map `items.columns.title`, or build one with "
-                f"`items.derive.title: \"{{name}} ({{category}})\"` {spec}")
-    if reason == "missing_item_type":
-        return f"items have no type: map `items.columns.item_type` or set `default_item_type` {spec}"
-    if reason.startswith("missing_"):
-        return (f"{column} is empty: check `{table}.columns.{column}` names the right source "
-                f"column (or set it under `constants`); text such as `NA` is read as a value "
-                f"unless listed under `null_values`")
-    return f"see {table} quarantine rows with reason {reason}"
-
-
-def _judge(report: ValidationReport, cfg: ValidationConfig, ctx: _Context) -> None:
-    """Turn every quarantine reason into an error (above its limit) or a warning."""
-    for name, t in report.tables.items():
-        for reason, n in sorted(t.quarantined.items(), key=lambda kv: -kv[1]):
-            rows = t.samples.get(reason, pl.DataFrame())
-            column = REASON_COLUMN.get(reason, "?")
-            t.examples[reason] = _example_rows(name, rows, column, cfg.examples)
-            limit = cfg.limit(name, reason)
-            level: Literal["error", "warning"] = "error" if t.share(reason) > limit else "warning"
-            head = (f"{name}: {n:,} of {t.rows_in:,} rows ({t.share(reason):.1%}) quarantined as "
-                    f"{reason} (limit {limit:.1%}; column '{column}')")
-            why = _explain(name, reason, rows, ctx)
-            finding = Finding(name, reason, n, t.rows_in, limit, level, f"{head}. {why}")
-            report.findings.append(finding)
-            if level == "warning":
-                t.warnings.append(f"{head}: {why}")
-        for ref, n in t.unknown_refs.items():
-            counted = t.quarantined.get(ref, 0)
-            if n > counted:  # hidden behind another reason: say so now, not next run
-                t.warnings.append(
-                    f"{name}: {n:,} rows ({n / t.rows_in:.1%}) point at ids missing from the "
-                    f"{'members' if ref == 'unknown_member' else 'items'} table ({ref}), "
-                    f"{n - counted:,} of them quarantined for another reason first")
-        for col, (rows, empty, common) in t.text_stats.items():
-            filled = rows - empty
-            if rows >= TEXT_CHECK_MIN_ROWS and empty / rows >= MOSTLY_EMPTY_SHARE:
-                t.warnings.append(
-                    f"{name}.{col}: {empty:,} of {rows:,} values ({empty / rows:.0%}) are empty: the "
-                    f"prompts will rarely show it; map another source column (a fallback list "
-                    f"`{col}: [a, b]` under {name}.columns) or drop it")
-            elif filled >= TEXT_CHECK_MIN_ROWS and common:
-                value, n = common.most_common(1)[0]
-                if n / filled >= NEAR_CONSTANT_SHARE:
-                    t.warnings.append(
-                        f"{name}.{col}: {n:,} of {filled:,} non-empty values ({n / filled:.0%}) are "
-                        f"`{_short(value)}`: a nearly constant field tells the model nothing; check "
-                        f"the source column or drop it")
-        for col, (total, hits, example) in t.markup.items():
-            if total and hits / total >= MARKUP_WARN_SHARE:
-                t.warnings.append(
-                    f"{name}.{col}: {hits:,} of {total:,} values ({hits / total:.0%}) look like "
-                    f"HTML (e.g. `{_short(example)}`): markup wastes prompt tokens; set "
-                    f"`{name}.text.strip_html: [{col}]` in the mapping spec (docs/datasets.md)")
-
-
-def _error_message(report: ValidationReport, out_dir: Path) -> str:
-    lines = [f"validate: too many rows quarantined for one reason; the data is probably misread, "
-             f"not dirty (report: {out_dir / 'report.json'}, rows: {out_dir / 'quarantine'}/):"]
-    for f in sorted(report.errors, key=lambda f: -f.share):
-        lines.append(f"  - {f.message}")
-        for ex in report.tables[f.table].examples.get(f.reason, []):
-            row = ", ".join(f"{k}={v!r}" for k, v in ex.items()
-                            if k not in ("source_file", "source_row"))
-            lines.append(f"      e.g. {ex.get('source_file', '?')} row {ex.get('source_row', '?')}: "
-                         f"{row}")
-    if report.warnings:
-        lines.append("  also:")
-        lines += [f"  - {w}" for w in report.warnings]
-    keys = ", ".join(f'"{f.table}.{f.reason}": {min(1.0, round(f.share + 0.005, 2))}'
-                     for f in report.errors)
-    lines.append(f"  If these rows really are bad, accept them in the profile: validation: "
-                 f"{{max_quarantine_share: {{{keys}}}}}")
-    return "\n".join(lines)
-
-
 def validate_dataset(
     in_dir: Path,
     out_dir: Path,
@@ -860,3 +445,29 @@ def validate_dataset(
     if report.errors:
         raise QuarantineError(_error_message(report, out_dir), report)
     return report
+
+
+__all__ = [
+    "DEFAULT_MAX_SHARE",
+    "FORMAT_CANDIDATES",
+    "Finding",
+    "MARKUP_WARN_SHARE",
+    "MOSTLY_EMPTY_SHARE",
+    "NEAR_CONSTANT_SHARE",
+    "PL_TIMESTAMP",
+    "PROVENANCE_PREFIX",
+    "QuarantineError",
+    "REASON_COLUMN",
+    "SAMPLE_ROWS",
+    "SchemaError",
+    "TEXT_CHECK_MIN_ROWS",
+    "TableReport",
+    "UNKNOWN_REFS",
+    "ValidationConfig",
+    "ValidationReport",
+    "check_file_schema",
+    "guess_time_formats",
+    "validate_dataset",
+    "validate_entities",
+    "validate_interactions",
+]
