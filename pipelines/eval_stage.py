@@ -148,7 +148,9 @@ def _model_params(name: str, model: Any, task_id: str) -> dict[str, str]:
     """Per-(model, task) facts worth a param: the popularity variant, a LightGBM fallback."""
     if name == "popularity" and hasattr(model, "variant"):
         return {"popularity_variant": model.variant.get(task_id, "-")}
-    if name in ("lightgbm", "lightgbm_ids") and getattr(model, "fallback", {}).get(task_id):
+    from components.evaluate.baselines import LIGHTGBM_BASELINES
+
+    if name in LIGHTGBM_BASELINES and getattr(model, "fallback", {}).get(task_id):
         return {"lightgbm_fallback": model.fallback[task_id]}
     return {}
 

@@ -41,10 +41,10 @@ def evaluate_model_on_task(model: str, examples: pl.DataFrame, flags: pl.DataFra
         # P(yes) as served: through the model's calibration.json when it has one
         probs = [engine.probabilities(x).astype(np.float64) for x in lists]
     else:
-        from components.evaluate.baselines import score_lists
+        from components.evaluate.baselines import LIGHTGBM_BASELINES, score_lists
 
         lists = score_lists(scorer, data, examples)
-        gives_probs = model in ("lightgbm", "lightgbm_ids") and getattr(scorer, "boosters", {}).get(task_id) is not None
+        gives_probs = model in LIGHTGBM_BASELINES and getattr(scorer, "boosters", {}).get(task_id) is not None
         probs = lists if gives_probs else None
     sizes = [len(x) for x in lists]
     expected = examples["candidate_item_ids"].list.len().to_list()

@@ -179,8 +179,7 @@ class MatchHints:
             if what is True:
                 prof.append(col)
             else:
-                # counts only: the shared names are in the profile and the item already,
-                # and ~6 tokens a candidate add ~5% to the training tokens
+                # counts only: the shared names are in the profile and the item already
                 shared, total = what  # type: ignore[misc]
                 if style == "narrative":
                     prof.append(f"{len(shared)} of {total} {col}")

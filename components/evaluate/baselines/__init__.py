@@ -44,6 +44,7 @@ from __future__ import annotations
 from components.evaluate.baselines.data import (
     BASELINES,
     DAY_US,
+    LIGHTGBM_BASELINES,
     SASREC_ATTRIBUTES,
     Baseline,
     BaselineConfig,
@@ -77,7 +78,7 @@ from components.evaluate.baselines.popularity import (
 from components.evaluate.baselines.sasrec import SASRecBaseline, fit_sasrec
 
 __all__ = [
-    "BASELINES", "DAY_US", "ID_COUNT_FEATURES", "POPULARITY_VARIANTS", "SASREC_ATTRIBUTES",
+    "BASELINES", "DAY_US", "LIGHTGBM_BASELINES", "ID_COUNT_FEATURES", "POPULARITY_VARIANTS", "SASREC_ATTRIBUTES",
     "SENIORITY_RANK", "Baseline", "BaselineConfig", "BaselineData", "LightGBMBaseline",
     "PopularityBaseline", "SASRecBaseline", "eval_candidates", "feature_names", "fit_baselines",
     "fit_lightgbm", "fit_popularity", "fit_sasrec", "id_count_features", "point_in_time_features",

@@ -23,6 +23,8 @@ from components.promptify.negatives import (
 from components.promptify.tasks import TaskSpec
 
 BASELINES = ("popularity", "lightgbm", "lightgbm_ids", "sasrec")
+#: The per-task LightGBM baselines (P(yes) where a task has a booster; a count fallback otherwise).
+LIGHTGBM_BASELINES = ("lightgbm", "lightgbm_ids")
 DAY_US = 86_400_000_000
 
 #: Item columns whose values (each element of a list column) SASRec hashes into
