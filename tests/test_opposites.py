@@ -15,7 +15,7 @@ from components.evaluate.opposites import (
     swap_question,
 )
 from components.promptify.tasks import load_tasks
-from components.promptify.verbalize import STYLES, PromptPieces, render_prefix
+from components.promptify.verbalize import STYLES, PromptPieces, render_candidate, render_prefix
 
 REG = load_tasks().by_id()
 
@@ -50,32 +50,41 @@ def test_list_correlations_skip_short_and_constant_lists():
     assert c.tolist() == [-1.0]
 
 
-def _examples(task, n=12, k=6, seed=0):
+def _examples(task, n=12, k=6, seed=0, question_in_candidates=False):
     rng = np.random.default_rng(seed)
     rows = []
+    q = task.question if question_in_candidates else None
     for i in range(n):
         prefix = render_prefix(PromptPieces(task.instruction, f"member {i}", (), (), task.question), "- x", "markdown")
         rows.append({"example_id": f"e{i:02d}", "task_id": task.id, "prefix": prefix,
-                     "candidates": [f"item {rng.integers(1000)}" for _ in range(k)]})
+                     "candidates": [render_candidate(f"item {rng.integers(1000)}", "job", "markdown", q)
+                                    for _ in range(k)]})
     return pl.DataFrame(rows)
 
 
-def _score_fn(reads_question: bool):
+def _score_fn(reads_question: bool, where: str = "prefix"):
+    """A fake model: a fixed score per item, negated when it reads "dismiss" in the
+    prefix (``where="prefix"``) or in the candidate's own cue (``"candidate"``)."""
     def score(batch):
         out = []
         for prefix, cands in batch:
-            base = np.array([(hash(c) % 997) / 997 for c in cands])
-            flip = reads_question and "Will the member dismiss" in prefix
-            out.append(-base if flip else base)
+            base = np.array([(hash(c.split("Will the member")[0]) % 997) / 997 for c in cands])
+            if where == "prefix":
+                flip = np.full(len(cands), reads_question and "Will the member dismiss" in prefix)
+            else:
+                flip = np.array([reads_question and "Will the member dismiss" in c for c in cands])
+            out.append(np.where(flip, -base, base))
         return out
     return score
 
 
-@pytest.mark.parametrize("reads", [True, False])
-def test_a_model_that_ignores_the_question_is_caught(reads):
+@pytest.mark.parametrize(("reads", "where"), [(True, "prefix"), (False, "prefix"),
+                                              (True, "candidate"), (False, "candidate")])
+def test_a_model_that_ignores_the_question_is_caught(reads, where):
     a, b = REG["job_apply_jobs-home"], REG["job_dismiss_jobs-home"]
-    ex = _examples(a)
-    table = opposite_correlations(ex, [a, b], [(a.id, b.id)], _score_fn(reads), n_boot=200)
+    # a model reading the question at the candidate needs the swap to reach the candidates too
+    ex = _examples(a, question_in_candidates=where == "candidate")
+    table = opposite_correlations(ex, [a, b], [(a.id, b.id)], _score_fn(reads, where), n_boot=200)
     row = table.row(0, named=True)
     assert row["lists"] == 12
     if reads:

@@ -350,6 +350,22 @@ def test_match_hints_end_every_candidate_text_and_count_only_prior_history(toy, 
     assert not any("Matches your profile" in c for cs in off["candidates"] for c in cs)
 
 
+def test_question_in_candidates_repeats_each_prompts_question_before_the_cue(toy):
+    from components.promptify.verbalize import swap_candidate_question
+
+    on = _build(toy, toy["cfg"].model_copy(update={"question_in_candidates": True}))
+    off = _build(toy)
+    questions = {t.id: t.question for t in toy["tasks"]}
+    assert on.height == off.height > 0
+    for row, plain in zip(on.iter_rows(named=True), off.iter_rows(named=True), strict=True):
+        q = questions[row["task_id"]]
+        assert row["prefix"] == plain["prefix"]  # the prefix is unchanged: only the cue grows
+        for c, p in zip(row["candidates"], plain["candidates"], strict=True):
+            assert c == p[: -len("Answer:")] + f"{q} Answer:"
+            assert swap_candidate_question(c, q, "Other?") == p[: -len("Answer:")] + "Other? Answer:"
+            assert swap_candidate_question(p, q, "Other?") == p  # nothing to swap without it
+
+
 def test_members_without_profile_fields_get_prompts_that_say_so(toy, tmp_path):
     import shutil
 

@@ -26,6 +26,7 @@ from components.analyses.scoring import load_engine, nanmean, score_margins
 from components.config import ConfigError
 from components.evaluate.metrics import roc_auc
 from components.evaluate.report import pyplot, save_figure
+from components.promptify.verbalize import swap_candidate_question
 
 
 def steering_base_task(task: Any, tasks: Mapping[str, Any], explicit: Mapping[str, str]) -> Any:
@@ -142,8 +143,10 @@ def steering(ctx: AnalysisContext) -> AnalysisResult:
         t0 = time.perf_counter()
         base_prefix = renderer.render(part, task_ids=[base.id] * part.height)["prefix"].to_list()
         cands = part["candidates"].to_list()
+        # with promptify.question_in_candidates each candidate repeats the question: ask the base's
+        base_cands = [[swap_candidate_question(s, task.question, base.question) for s in c] for c in cands]
         steered = score_margins(engine, part["prefix"].to_list(), cands)
-        unsteered = score_margins(engine, base_prefix, cands)
+        unsteered = score_margins(engine, base_prefix, base_cands)
         sizes = [len(c) for c in cands]
         groups = np.repeat(np.arange(part.height), sizes)
         labels = np.concatenate([np.asarray(y, dtype=np.int64) for y in part["labels"]])

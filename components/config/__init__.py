@@ -187,6 +187,11 @@ class PromptifyConfig(StrictModel):
         "events were on items with its company / industry / topic, as of the cutoff. Derived "
         "from text already in the prompt; lets a small from-scratch model read the comparison "
         "instead of growing it (components/promptify/matches.py).")
+    question_in_candidates: bool = Field(
+        False, description="Repeat the task's question at the end of every candidate, right "
+        "before 'Answer:' (besides its place after the history). Lets a small model tell "
+        "opposite tasks (apply / dismiss) apart at the answer token; costs the question's "
+        "tokens once per candidate (components/promptify/verbalize.py render_candidate).")
     match_fields: dict[str, str] | None = Field(
         None, description="match_hints: {member column: item column} to compare; default: the "
         "columns both tables have (ids, dates and free text excluded).")

@@ -26,6 +26,7 @@ import polars as pl
 from scipy.stats import spearmanr
 
 from components.promptify.tasks import TaskSpec
+from components.promptify.verbalize import swap_candidate_question
 
 
 def _disjoint_values(a: TaskSpec, b: TaskSpec) -> bool:
@@ -119,7 +120,9 @@ def opposite_correlations(examples: pl.DataFrame, tasks: Sequence[TaskSpec], pai
         if ex.height == 0:
             continue
         asked = [(p, list(c)) for p, c in zip(ex["prefix"], ex["candidates"], strict=True)]
-        swapped = [(swap_question(p, by_id[src], by_id[dst]), c) for p, c in asked]
+        swapped = [(swap_question(p, by_id[src], by_id[dst]),
+                    [swap_candidate_question(s, by_id[src].question, by_id[dst].question) for s in c])
+                   for p, c in asked]
         if asked_scores is not None:
             as_asked = [asked_scores[e] for e in ex["example_id"]]
         else:

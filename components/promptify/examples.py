@@ -411,7 +411,7 @@ class PromptBuilder:
             "prefix": prefix,
             "candidates": [
                 render_candidate(self._item_text(it, style, cutoff_us, mid), self.item_type.get(it, task.item_type),
-                                 style)
+                                 style, task.question if cfg.question_in_candidates else None)
                 for it in items
             ],
             "candidate_item_ids": items,

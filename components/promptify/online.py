@@ -39,12 +39,14 @@ def build_request_prompt(
     style: str = "markdown",
     history_token_budget: int = 384,
     max_field_words: int = 40,
+    question_in_candidates: bool = False,
 ) -> tuple[str, list[str]]:
     """(prefix, candidate segments) for one member and a list of candidate items.
 
     ``events``: dicts with ``item`` (an item dict with item_id, item_type, title, ...),
     ``action``, ``timestamp`` and optional ``value``. Events at or after ``now`` are
     ignored (a client clock skew must not leak the future into a prompt).
+    ``question_in_candidates``: as the run's ``promptify.question_in_candidates``.
     """
     member = pl.DataFrame([{"member_id": "request", **profile}])
     profile_text = profile_texts(member, max_field_words)[f"profile_{style}"][0] or ""
@@ -77,7 +79,8 @@ def build_request_prompt(
                            render(kept), style)
     by_id = dict(zip(itext["item_id"], itext[f"full_{style}"], strict=True))
     segments = [
-        render_candidate(by_id[str(c["item_id"])], str(c.get("item_type", "item")), style)
+        render_candidate(by_id[str(c["item_id"])], str(c.get("item_type", "item")), style,
+                         question if question_in_candidates else None)
         for c in candidates
     ]
     return prefix, segments

@@ -202,10 +202,26 @@ def render_prefix(p: PromptPieces, history_body: str, style: str) -> str:
             f"{p.question}\n")
 
 
-def render_candidate(item_text: str, item_type: str, style: str) -> str:
-    """One candidate segment; ends with the answer cue so the next token is the answer."""
+def render_candidate(item_text: str, item_type: str, style: str, question: str | None = None) -> str:
+    """One candidate segment; ends with the answer cue so the next token is the answer.
+
+    ``question`` (``promptify.question_in_candidates``): the task's question repeated right
+    before the cue ("... Will the member dismiss this job? Answer:"). Why: in the prefix the
+    question is hundreds of tokens from each answer, and a small model that never learns to
+    attend that far answers every task alike (apply and dismiss scored the same, issue 14);
+    a few tokens before the answer it is as close as the item's own words."""
+    cue = f"{question} {ANSWER_CUE}" if question else ANSWER_CUE
     if style == "markdown":
-        return f"\n### Candidate {item_type}\n{item_text}\n{ANSWER_CUE}"
+        return f"\n### Candidate {item_type}\n{item_text}\n{cue}"
     if style == "compact":
-        return f"\ncandidate {item_type}: {item_text}\n{ANSWER_CUE}"
-    return f"\nThe candidate {item_type}: {item_text}.\n{ANSWER_CUE}"
+        return f"\ncandidate {item_type}: {item_text}\n{cue}"
+    return f"\nThe candidate {item_type}: {item_text}.\n{cue}"
+
+
+def swap_candidate_question(segment: str, old: str, new: str) -> str:
+    """``segment`` asking ``new`` instead of ``old`` where :func:`render_candidate` put the
+    question before the cue; unchanged when it carries no question (the default)."""
+    tail = f"{old} {ANSWER_CUE}"
+    if not segment.endswith(tail):
+        return segment
+    return segment[: -len(tail)] + f"{new} {ANSWER_CUE}"
