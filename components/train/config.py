@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -111,4 +111,52 @@ class TrainConfig(StrictModel):
         if self.warmup_steps >= self.max_steps and self.max_steps > 1:
             raise ValueError(f"train.warmup_steps ({self.warmup_steps}) must be below "
                              f"train.max_steps ({self.max_steps}): lower warmup_steps")
+        return self
+
+
+class TrainingConfig(StrictModel):
+    """The teacher's training stages, ``cpt -> sft -> align``, each a Ray Train run.
+
+    ``data`` shapes the token sequences (its directories are filled in by the stages from
+    the upstream artifacts: leave them null); ``cpt`` / ``sft`` / ``align`` are each
+    stage's optimisation settings (``max_steps: 0`` skips a stage: its output is its
+    input model).
+    """
+
+    enabled: bool = Field(True, description="false: the pipeline ends after promptify.")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (FSDP2 shards).")
+    cpus_per_worker: float | None = Field(
+        None, gt=0, description="Ray CPUs per worker (default: fits the cluster, leaving room "
+        "for the controller).")
+    use_gpu: bool = Field(False, description="One GPU per worker, NCCL, bf16 autocast.")
+    max_failures: int = Field(2, ge=0, description="Worker-group restarts from the last "
+                              "checkpoint before a stage fails.")
+    data: TrainDataConfig = TrainDataConfig()
+    cpt: TrainConfig = TrainConfig(stage="cpt")
+    sft: TrainConfig = TrainConfig(stage="sft")
+    align: TrainConfig = TrainConfig(stage="align")
+    calibrate: bool = Field(True, description="align: fit a Platt calibration of P(yes) on "
+                            "the validation prompts and save it with the teacher (training "
+                            "prompts over-sample positives, so raw P(yes) runs high).")
+    registered_model_name: str | None = Field(
+        "rankbrew-teacher", description="MLflow registry name of the aligned teacher (null: "
+        "log the model without registering it).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_names(cls, raw: Any) -> Any:
+        # ``sft: {max_steps: 300}`` in YAML means a TrainConfig of stage sft.
+        if isinstance(raw, dict):
+            raw = dict(raw)
+            for stage in ("cpt", "sft", "align"):
+                if isinstance(raw.get(stage), dict):
+                    raw[stage] = {**raw[stage], "stage": stage}
+        return raw
+
+    @model_validator(mode="after")
+    def _no_dirs(self) -> TrainingConfig:
+        for name in ("examples_dir", "member_rows_dir", "history_cutoff"):
+            if getattr(self.data, name) is not None:
+                raise ValueError(f"train.data.{name} is set by the pipeline from the upstream "
+                                 f"stages: remove it from the profile")
         return self

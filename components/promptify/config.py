@@ -1,0 +1,82 @@
+"""Config of promptification: the tokenizer and how prompts are built (styles, history
+budget, candidates, negatives, hints). Lives next to the code that reads it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from components.config_base import StrictModel
+
+
+class TokenizerConfig(StrictModel):
+    """Train a byte-level BPE on the verbalized corpus, or load a local HF tokenizer."""
+
+    path: Path | None = Field(None, description="A local Hugging Face tokenizer directory; "
+                              "null trains one on the corpus.")
+    vocab_size: int = Field(4096, ge=300)
+    sample_texts: int = Field(50_000, ge=100, description="Texts sampled to train the BPE.")
+
+
+class PromptifyConfig(StrictModel):
+    """How interactions become prompts (see docs/promptify.md)."""
+
+    tasks: list[Path] | None = Field(None, description="Task YAML files; default: the built-in registry.")
+    domain: str | None = Field(None, description="Task domain to use; default from data.source "
+                               "(synthetic -> professional, movielens -> movielens).")
+    styles: list[Literal["markdown", "compact", "narrative"]] = ["markdown", "compact", "narrative"]
+    eval_style: Literal["markdown", "compact", "narrative"] = "markdown"
+    history_token_budget: int = Field(384, ge=16, description="Real tokenizer tokens for the history.")
+    history_exclude_actions: list[str] = Field(
+        ["impression"], description="Actions left out of histories (shown-but-ignored rows "
+        "would fill the budget with little signal)."
+    )
+    max_field_words: int = Field(40, ge=1, description="Per-field truncation of item/profile text.")
+    questions_per_prompt: int = Field(8, ge=1, description="Training questions sharing one prefix.")
+    negatives_per_positive: float = Field(2.0, ge=0.0, description="Training: logged negatives kept per positive.")
+    sampled_negatives: int = Field(4, ge=0, description="Sampled negatives per prompt for tasks that sample.")
+    negative_pool: Literal["catalogue", "impressions"] = Field(
+        "catalogue", description="Where sampled negatives come from. catalogue: per positive, "
+        "at its time, a live item created close to it (age-matched; items nobody touched yet "
+        "included). impressions: items shown in negative_window_days before the list's cutoff "
+        "(components/promptify/negatives.py).")
+    hard_negatives: bool = Field(True, description="impressions pool: sample among items shown "
+                                 "on the task's surface.")
+    negative_window_days: float = Field(
+        3.0, gt=0, description="impressions pool: items shown in this many days before the "
+        "question (widened when too few).")
+    max_prompts_per_member_task: int = Field(4, ge=1, description="Training prompts per (member, task).")
+    negative_only_prompt_rate: float = Field(
+        0.1, ge=0.0, le=1.0, description="Training: share of chunks without a positive that "
+        "are kept. Most (member, task) chunks of logged events hold no positive (5-10% "
+        "positives for most tasks); as prompts they teach only the base rate (measured with "
+        "them dropped at 0.1: teacher mean test AUC 0.508 -> 0.549, docs/benchmarks.md). "
+        "1.0 keeps them all.")
+    max_eval_candidates: int = Field(50, ge=2)
+    blocks: int = Field(8, ge=1, description="Member partitions for the Ray Data job.")
+    seed: int = 0
+    item_stats: bool = Field(
+        False, description="Verbalize as-of item statistics in candidate text: ratings and "
+        "mean rating from events strictly before the prompt's cutoff "
+        "(components/promptify/item_stats.py).")
+    item_stats_actions: list[str] = Field(
+        ["rate"], min_length=1, description="Actions counted by promptify.item_stats.")
+    match_hints: bool = Field(
+        False, description="Append what the candidate shares with the member to its text: "
+        "matching profile fields (same industry, city, shared skills) and how many history "
+        "events were on items with its company / industry / topic, as of the cutoff. Derived "
+        "from text already in the prompt; lets a small from-scratch model read the comparison "
+        "instead of growing it (components/promptify/matches.py).")
+    question_in_candidates: bool = Field(
+        False, description="Repeat the task's question at the end of every candidate, right "
+        "before 'Answer:' (besides its place after the history). Lets a small model tell "
+        "opposite tasks (apply / dismiss) apart at the answer token; costs the question's "
+        "tokens once per candidate (components/promptify/verbalize.py render_candidate).")
+    match_fields: dict[str, str] | None = Field(
+        None, description="match_hints: {member column: item column} to compare; default: the "
+        "columns both tables have (ids, dates and free text excluded).")
+    match_history_fields: list[str] | None = Field(
+        None, description="match_hints: item columns counted in the member's history; default "
+        "company, industry, topic where the items table has them; []: no history hint.")
