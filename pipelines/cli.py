@@ -96,7 +96,8 @@ def _run_pipeline(cfg: PipelineConfig, profile: str, force: list[str] | None, st
                   verbose: bool) -> None:
     import logging
 
-    from pipelines.dag import PipelineError, run_pipeline
+    from pipelines.dag import PipelineError
+    from pipelines.ray_runner import run_pipeline
     from pipelines.stages import build_pipeline
 
     if not verbose:  # MLflow's store set-up lines ("Creating initial MLflow database tables")

@@ -21,8 +21,9 @@ from components.evaluate.report import (
     cold_start_table,
     summary_table,
 )
-from pipelines.dag import Pipeline, Stage, run_pipeline
+from pipelines.dag import Pipeline, Stage
 from pipelines.eval_stage import EVALUATE_STAGE, select_eval_rows
+from pipelines.ray_runner import run_pipeline
 from pipelines.stages import DATA_STAGES, PROMPT_STAGES
 
 TASKS = ["post_view_feed", "job_apply_any_sampled", "course_view_learning"]  # the last is held out

@@ -15,8 +15,8 @@ import pytest
 from components.config import load_config
 from components.data.mapping import SOURCE_ROWS
 from components.data.tables import read_table
-from pipelines.dag import run_pipeline
 from pipelines.eval_stage import load_records
+from pipelines.ray_runner import run_pipeline
 from pipelines.stages import build_pipeline
 from tests.conftest import REPO_ROOT
 

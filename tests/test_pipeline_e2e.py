@@ -9,7 +9,7 @@ import pytest
 
 from components.config import load_config
 from components.data.tables import read_table
-from pipelines.dag import run_pipeline
+from pipelines.ray_runner import run_pipeline
 from pipelines.stages import build_pipeline
 
 
