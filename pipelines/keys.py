@@ -54,10 +54,17 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+#: A component package's settings module (its pydantic section of ``PipelineConfig``): left
+#: out of a package's code hash, because what it means for a stage's output is the
+#: validated values, which the key holds already (``select_config``); hashing the file too
+#: would rerun cpt/sft/align over an edited field description.
+CONFIG_MODULE = "config.py"
+
+
 def code_files(stage: Stage) -> dict[str, str]:
     """``{file label: sha256 of its contents}`` for the code behind ``stage``: the stage
     function's module plus every module and package (all ``.py`` files below it) named in
-    ``stage.code``. Exact contents, not mtimes: a checkout or ``touch`` changes nothing,
+    ``stage.code`` (a package's ``config.py`` excepted: :data:`CONFIG_MODULE`). Exact contents, not mtimes: a checkout or ``touch`` changes nothing,
     any edit (comments included) reruns the stage. Labels are module-relative, so the same
     code in another checkout gives the same key.
 
@@ -78,7 +85,7 @@ def code_files(stage: Stage) -> dict[str, str]:
         if spec.submodule_search_locations is not None:  # a package, namespace or regular
             for root in sorted({Path(p) for p in spec.submodule_search_locations}):
                 for f in sorted(root.rglob("*.py")):
-                    if "__pycache__" not in f.parts:
+                    if "__pycache__" not in f.parts and f.name != CONFIG_MODULE:
                         out[f"{name}/{f.relative_to(root).as_posix()}"] = _sha256(f)
         elif spec.origin and Path(spec.origin).is_file():
             out[name] = _sha256(Path(spec.origin))

@@ -141,6 +141,19 @@ def test_stage_key_covers_the_declared_code_by_content(tmp_path, monkeypatch):
         code_files(Stage("bad", _noop, code=("rb_code_a.nope",)))
 
 
+def test_a_packages_config_module_is_not_code_its_values_are_in_the_key(tmp_path, monkeypatch):
+    pkg = _code_package(tmp_path / "src", "rb_code_c", monkeypatch)
+    (pkg / "config.py").write_text('"""Settings."""\n')
+    cfg = load_config("local")
+    on_package = Stage("s", _noop, code=("rb_code_c",))
+    assert "rb_code_c/config.py" not in code_files(on_package)
+    key = stage_key(on_package, cfg, {})
+    (pkg / "config.py").write_text('"""Settings, better described."""\n')
+    assert stage_key(on_package, cfg, {}) == key
+    (pkg / "fast.py").write_text("SCALE = 3\n")  # the package's code still counts
+    assert stage_key(on_package, cfg, {}) != key
+
+
 def test_changed_code_reruns_its_stage_and_those_after_it_only(ray_local, tmp_path, monkeypatch):
     pkg = _code_package(tmp_path / "src", "rb_code_b", monkeypatch)
     calls = {n: tmp_path / f"calls_{n}" for n in ("first", "second", "third")}

@@ -10,7 +10,6 @@ Why a content hash: stage artifacts are cached by (stage, config hash, input has
 so two configs that mean the same thing must hash the same and any change must not.
 """
 
-
 from __future__ import annotations
 
 import hashlib
