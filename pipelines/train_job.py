@@ -143,6 +143,10 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     train_set, valid_set, stats = build_datasets(stage, data, tok, yes_id, no_id)
     lm = load_base_model(config["base_model"], len(tok), tcfg.seed, pad_id, tok.eos_token_id)
+    teacher = None
+    if config.get("teacher_model"):  # distill: the parent model, scored under no_grad
+        teacher = load_base_model(config["teacher_model"], len(tok), tcfg.seed, pad_id,
+                                  tok.eos_token_id)
 
     scratch = Path(tempfile.mkdtemp(prefix=f"rankbrew-train-r{rank}-"))
     resume_dir = None
@@ -202,7 +206,8 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
     result = train(lm, train_set, tcfg, scratch, yes_id=yes_id, no_id=no_id, pad_id=pad_id,
                    valid_set=valid_set, resume_from=Path(resume_dir) if resume_dir else None,
-                   device=device, on_checkpoint=on_checkpoint, on_log=on_log, on_step=on_step)
+                   device=device, on_checkpoint=on_checkpoint, on_log=on_log, on_step=on_step,
+                   teacher=teacher)
     out = save_final_model(result.module, tok, Path(config["final_model_dir"]))
     shutil.rmtree(scratch, ignore_errors=True)
     if rank != 0:
@@ -217,11 +222,15 @@ def run_training(stage: Stage, *, data: TrainDataConfig, train: TrainConfig | No
                  cpus_per_worker: float | None = None, use_gpu: bool = False,
                  max_failures: int = 2, num_to_keep: int = 2, commit_checkpoints: bool = True,
                  mlflow_run_id: str | None = None, mlflow_tracking_uri: str | None = None,
-                 fault_injection: dict[str, Any] | None = None) -> TrainingOutput:
+                 fault_injection: dict[str, Any] | None = None,
+                 teacher_model: str | Path | None = None) -> TrainingOutput:
     """Train one stage on a Ray Train worker group; returns the final model and metrics.
 
     Args:
-        stage: ``"cpt"`` (member histories), ``"sft"`` or ``"align"`` (promptified examples).
+        stage: ``"cpt"`` (member histories), ``"sft"``, ``"align"`` or ``"distill"``
+            (promptified examples).
+        teacher_model: ``distill``: the parent's ``save_pretrained`` directory; every worker
+            loads a full copy and scores each batch with it under ``no_grad``.
         base_model: the previous stage's ``final_model`` directory, or keyword arguments of
             ``build_tiny_llama`` (``None``: its defaults) to start from random weights.
         storage_path: absolute directory for Ray Train's run (checkpoints, results); the
@@ -245,8 +254,11 @@ def run_training(stage: Stage, *, data: TrainDataConfig, train: TrainConfig | No
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    if stage not in ("cpt", "sft", "align"):
-        raise ValueError(f"stage={stage!r}: use 'cpt', 'sft' or 'align'")
+    if stage not in ("cpt", "sft", "align", "distill"):
+        raise ValueError(f"stage={stage!r}: use 'cpt', 'sft', 'align' or 'distill'")
+    if stage == "distill" and (train or TrainConfig()).kd_weight > 0 and teacher_model is None:
+        raise ValueError("stage 'distill' needs teacher_model (the parent's model directory) "
+                         "unless train.kd_weight is 0")
     train = (train or TrainConfig()).model_copy(update={"stage": stage})
     storage_path = Path(storage_path)
     if not storage_path.is_absolute():
@@ -272,6 +284,7 @@ def run_training(stage: Stage, *, data: TrainDataConfig, train: TrainConfig | No
         "mlflow_run_id": mlflow_run_id,
         "mlflow_tracking_uri": mlflow_tracking_uri,
         "fault_injection": fault_injection,
+        "teacher_model": str(Path(teacher_model).resolve()) if teacher_model else None,
         "commit_checkpoints": commit_checkpoints,
     }
     resources = {"CPU": cpus_per_worker}

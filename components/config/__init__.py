@@ -29,6 +29,7 @@ from components.analyses.config import (
     SteeringAnalysisConfig,
     SweepTrainingConfig,
 )
+from components.compress.config import CompressConfig
 from components.config.run import RayConfig, RunConfig
 from components.config_base import ConfigError, StrictModel
 from components.data.config import (
@@ -59,6 +60,7 @@ class PipelineConfig(StrictModel):
     promptify: PromptifyConfig = PromptifyConfig()
     model: ModelConfig = ModelConfig()
     train: TrainingConfig = TrainingConfig()
+    compress: CompressConfig = CompressConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     analyses: AnalysesConfig = AnalysesConfig()
 

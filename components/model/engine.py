@@ -86,6 +86,9 @@ class ScoringEngine:
             cached prefix (chunked requests) stay eager.
         kernel_options: FlexAttention kernel options (``BLOCK_M``, ``BLOCK_N``,
             ``num_warps``, ``num_stages``) for every pass; GPU tuning, flex_attention only.
+        quantization: a ``components.compress.quantize.QuantRecipe`` applied to the model
+            on its device (torchao; the LM head stays fp32 unless the recipe says not).
+            ``from_pretrained`` passes the directory's ``quantization.json``.
     """
 
     def __init__(self, model, tokenizer, device: str | torch.device | None = None,
@@ -93,7 +96,7 @@ class ScoringEngine:
                  reuse_prefix_cache: bool = True, candidate_tokens_per_pass: int | None = None,
                  yes: str = ANSWER_YES, no: str = ANSWER_NO,
                  calibration: Calibration | None = None, compile: bool = False,
-                 kernel_options: dict | None = None) -> None:
+                 kernel_options: dict | None = None, quantization=None) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -105,6 +108,11 @@ class ScoringEngine:
             raise ValueError(f"attention={attention!r}: use 'auto', 'sdpa', 'flex_attention', "
                              f"'shared_prefix' or 'eager'")
         self.model = model.to(self.device).eval()
+        self.quantization = quantization
+        if quantization is not None:  # on the device: FP8 kernels need CUDA tensors
+            from components.compress.quantize import quantize_model
+
+            quantize_model(self.model, quantization)
         if self.model.config._attn_implementation != attention:
             self.model.set_attn_implementation(attention)
         self.attention = self.model.config._attn_implementation
@@ -138,11 +146,15 @@ class ScoringEngine:
                         dtype: str | None = None, calibrated: bool = True,
                         **kwargs) -> ScoringEngine:
         """An engine over a directory written by ``save_model`` (safetensors only); applies
-        the directory's ``calibration.json`` when there is one and ``calibrated``."""
+        the directory's ``calibration.json`` when there is one and ``calibrated``, and its
+        ``quantization.json`` (the quantization recipe: the weights stay fp32 on disk and
+        are quantized at load, deterministically) when there is one."""
+        from components.compress.quantize import read_recipe
         from components.model.factory import load_model
 
         model, tokenizer = load_model(Path(model_dir), dtype=dtype)
         cal = Calibration.load(Path(model_dir)) if calibrated else None
+        kwargs.setdefault("quantization", read_recipe(Path(model_dir)))
         return cls(model, tokenizer, device=device, calibration=cal, **kwargs)
 
     def tokenize(self, prefix: str, candidates: Sequence[str]) -> tuple[list[int], list[list[int]]]:

@@ -55,7 +55,10 @@ def label_head(model, yes_id: int, no_id: int) -> LabelHead:
             raise ScoringError(f"{name} token id {tid} is outside the LM head (vocab {vocab}): "
                                f"the tokenizer does not match the model")
     with torch.no_grad():
-        weight = head.weight[[yes_id, no_id]].detach().float().clone()
+        full = head.weight.detach()
+        if type(full) is not torch.Tensor and hasattr(full, "dequantize"):
+            full = full.dequantize()  # a quantized head (torchao): the values it computes with
+        weight = full[[yes_id, no_id]].float().clone()
         bias = getattr(head, "bias", None)
         bias = None if bias is None else bias[[yes_id, no_id]].detach().float().clone()
     cfg = model.config

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 from components.config_base import StrictModel
 
 Layout = Literal["sequential", "multi_item"]
-Stage = Literal["cpt", "sft", "align"]
+Stage = Literal["cpt", "sft", "align", "distill"]
 
 
 class TrainDataConfig(StrictModel):
@@ -80,7 +80,16 @@ class TrainConfig(StrictModel):
     log_every: int = Field(1, ge=1)
     align_sft_weight: float = Field(0.5, ge=0, description="align: weight of the SFT term "
                                     "that keeps P(yes) calibrated.")
-    lm_weight: float = Field(0.0, ge=0, description="sft/align: weight of an auxiliary "
+    kd_weight: float = Field(1.0, ge=0, description="distill: weight of the KD term (KL "
+                             "from the teacher's yes/no distribution to the student's at each "
+                             "answer). 0: the student learns from the labels alone (the "
+                             "ablation 'SFT alone').")
+    kd_temperature: float = Field(2.0, gt=0, description="distill: softmax temperature of "
+                                  "the KD term (> 1 softens the teacher's confident answers "
+                                  "so their margins still teach); the term is scaled by T^2.")
+    kd_sft_weight: float = Field(1.0, ge=0, description="distill: weight of the label (SFT) "
+                                 "term beside KD.")
+    lm_weight: float = Field(0.0, ge=0, description="sft/align/distill: weight of an auxiliary "
                              "next-token loss on the prompt text (prefix and candidates, not "
                              "the answers): a dense signal that keeps teaching the profile and "
                              "item text while the sparse answer loss teaches ranking.")

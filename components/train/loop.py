@@ -362,7 +362,7 @@ def train(lm: nn.Module, train_set: PromptDataset | PackedDataset, cfg: TrainCon
           valid_set: PromptDataset | None = None, resume_from: Path | None = None,
           device: torch.device | str | None = None,
           on_checkpoint: Hook | None = None, on_log: Hook | None = None,
-          on_step: Hook | None = None) -> TrainResult:
+          on_step: Hook | None = None, teacher: nn.Module | None = None) -> TrainResult:
     """Train ``lm`` for ``cfg.max_steps`` optimizer steps (in total: a resumed run does the
     remaining ones).
 
@@ -371,6 +371,11 @@ def train(lm: nn.Module, train_set: PromptDataset | PackedDataset, cfg: TrainCon
     this with the same config and data. Hooks (called on every rank):
     ``on_step(step, metrics)`` after each optimizer step, ``on_log(metrics)`` on logged
     steps, ``on_checkpoint(ckpt_dir, metrics)`` after a checkpoint is written.
+
+    ``teacher`` (stage ``distill``): a causal LM with the same tokenizer; it scores every
+    micro-batch under ``no_grad`` (label logits only) for the KD term. It is not sharded:
+    each rank holds a full copy in eval mode (the teacher here is at most the size of
+    the student's parent, and its forward is inference only).
     """
     rank, world = rank_and_world()
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -382,6 +387,9 @@ def train(lm: nn.Module, train_set: PromptDataset | PackedDataset, cfg: TrainCon
                                    and train_set.with_answers):
         raise TypeError(f"train.stage={cfg.stage!r} needs a PromptDataset tokenized with "
                         f"answers (data.tokenize_prompts(..., with_answers=True))")
+    distill_kd = cfg.stage == "distill" and cfg.kd_weight > 0
+    if distill_kd and teacher is None:
+        raise TypeError("train.stage='distill' with kd_weight > 0 needs a teacher model")
     seed_everything(cfg.seed + rank)
     run_dir = Path(run_dir)
     lm.set_attn_implementation(attention_for(cfg, device))
@@ -393,6 +401,12 @@ def train(lm: nn.Module, train_set: PromptDataset | PackedDataset, cfg: TrainCon
         for layer in decoder_layers(module.lm):
             layer.compile()
     amp = autocast_for(device, sharded)
+    teacher_module = None
+    if distill_kd:
+        assert teacher is not None
+        teacher.set_attn_implementation(attention_for(cfg, device))
+        teacher_module = RankingLM(teacher, yes_id, no_id).to(device).eval()
+        teacher_module.requires_grad_(False)
     module.train()
     optimizer = make_optimizer(module, cfg)
     scheduler = make_scheduler(optimizer, cfg)
@@ -423,7 +437,8 @@ def train(lm: nn.Module, train_set: PromptDataset | PackedDataset, cfg: TrainCon
                          pad_id).to(device) for a in range(cfg.grad_accum)]
         local_counts: dict[str, int] = {}
         for b in micro:
-            for k, v in stage_counts(b, cfg.stage, cfg.lm_weight, router_aux).items():
+            for k, v in stage_counts(b, cfg.stage, cfg.lm_weight, router_aux,
+                                     cfg.kd_weight).items():
                 local_counts[k] = local_counts.get(k, 0) + v
         names = sorted(local_counts)
         counts = torch.tensor([local_counts[k] for k in names] + [sum(b.n_tokens for b in micro)],
@@ -437,8 +452,14 @@ def train(lm: nn.Module, train_set: PromptDataset | PackedDataset, cfg: TrainCon
         for a, b in enumerate(micro):
             set_gradient_sync(module, a == len(micro) - 1)
             with amp:
-                parts = stage_loss(module, b, cfg.stage, cfg.align_sft_weight, cfg.lm_weight,
-                                   cfg.router_aux_weight)
+                teacher_pair = None
+                if teacher_module is not None:
+                    with torch.no_grad():  # once per micro-batch, no graph kept
+                        teacher_pair = teacher_module(b, "scores")["pair_logits"]
+                sft_weight = cfg.kd_sft_weight if cfg.stage == "distill" else cfg.align_sft_weight
+                parts = stage_loss(module, b, cfg.stage, sft_weight, cfg.lm_weight,
+                                   cfg.router_aux_weight, teacher_pair, cfg.kd_weight,
+                                   cfg.kd_temperature)
             loss = sum(p.total / max(global_counts[k], 1.0) for k, p in parts.items())
             (loss * grad_scale).backward()
             for k, p in parts.items():

@@ -10,6 +10,9 @@ prompt with 2 answers like one with 20).
 * SFT: the same cross-entropy over the answer tokens only (:func:`answer_sft_loss`),
   computed from the hidden states at the cue positions times the full head, so the
   ``[tokens, vocab]`` logits of the whole sequence are never formed.
+* Distillation: the SFT loss (weight ``kd_sft_weight``) plus ``kd_weight`` x the KL from
+  the teacher's answer distribution to the student's (``components.compress.kd``), the
+  teacher's label logits computed on the same batch without gradients.
 * Alignment: a pairwise ranking loss on the score ``s = logit_yes - logit_no`` over
   every (positive, negative) candidate pair of the same prompt,
   ``-log sigmoid(s_pos - s_neg)`` (:func:`pairwise_ranking_loss`), plus
@@ -297,12 +300,16 @@ def uses_router_aux(module: RankingLM, router_aux_weight: float) -> bool:
 
 
 def stage_loss(module: RankingLM, batch: Batch, stage: str, sft_weight: float = 0.5,
-               lm_weight: float = 0.0, router_aux_weight: float = 0.0) -> dict[str, LossParts]:
+               lm_weight: float = 0.0, router_aux_weight: float = 0.0,
+               teacher_pair: torch.Tensor | None = None, kd_weight: float = 1.0,
+               kd_temperature: float = 1.0) -> dict[str, LossParts]:
     """Run ``module`` on ``batch`` and return the stage's loss terms (summed, counted).
 
-    ``lm_weight`` > 0 (sft/align) adds the auxiliary next-token loss on the prompt text
-    (:func:`prompt_lm_labels`) as the ``lm`` term; ``router_aux_weight`` > 0 on an MoE
-    model adds the load-balancing term ``router_aux``."""
+    ``lm_weight`` > 0 (sft/align/distill) adds the auxiliary next-token loss on the prompt
+    text (:func:`prompt_lm_labels`) as the ``lm`` term; ``router_aux_weight`` > 0 on an MoE
+    model adds the load-balancing term ``router_aux``. ``distill``: ``teacher_pair`` are
+    the teacher's ``[n, 2]`` label logits at this batch's cues; ``sft_weight`` weighs the
+    label term and ``kd_weight`` the ``kd`` term (0: SFT alone, the ablation)."""
     router = uses_router_aux(module, router_aux_weight)
     if stage == "cpt":
         out = module(batch, "lm", router_logits=router, lm_labels=batch.labels)
@@ -310,8 +317,8 @@ def stage_loss(module: RankingLM, batch: Batch, stage: str, sft_weight: float = 
         if router:
             terms["router_aux"] = router_aux_loss(module, out, batch, router_aux_weight)
         return terms
-    if stage not in ("sft", "align"):
-        raise ValueError(f"stage={stage!r}: use 'cpt', 'sft' or 'align'")
+    if stage not in ("sft", "align", "distill"):
+        raise ValueError(f"stage={stage!r}: use 'cpt', 'sft', 'align' or 'distill'")
     lm_labels = prompt_lm_labels(batch) if lm_weight > 0 else None
     out = module(batch, "cues+lm" if lm_weight > 0 else "cues", router_logits=router,
                  lm_labels=lm_labels)
@@ -322,6 +329,16 @@ def stage_loss(module: RankingLM, batch: Batch, stage: str, sft_weight: float = 
         scores = score_margin(out["pair_logits"])
         terms = {"pairwise": pairwise_ranking_loss(scores, batch.cue_labels, batch.cue_group),
                  "sft": LossParts(sft.total * sft_weight, sft.count)}
+    if stage == "distill":
+        from components.compress.kd import answer_kd_sum
+
+        terms = {"sft": LossParts(sft.total * sft_weight, sft.count)}
+        if kd_weight > 0:
+            if teacher_pair is None:
+                raise ValueError("stage 'distill' needs the teacher's label logits "
+                                 "(teacher_pair): pass a teacher to train()")
+            kd = answer_kd_sum(out["pair_logits"], teacher_pair, kd_temperature)
+            terms["kd"] = LossParts(kd * kd_weight, sft.count)
     if lm_weight > 0:
         lm = out["lm"] if "lm" in out else causal_lm_loss(out["logits"], lm_labels)
         terms["lm"] = LossParts(lm.total * lm_weight, lm.count)
@@ -331,7 +348,7 @@ def stage_loss(module: RankingLM, batch: Batch, stage: str, sft_weight: float = 
 
 
 def stage_counts(batch: Batch, stage: str, lm_weight: float = 0.0,
-                 router_aux: bool = False) -> dict[str, int]:
+                 router_aux: bool = False, kd_weight: float = 0.0) -> dict[str, int]:
     """The terms each loss of ``stage_loss`` will count, known before the forward (for
     the global normaliser)."""
     extra = {"router_aux": 1} if router_aux else {}
@@ -341,6 +358,8 @@ def stage_counts(batch: Batch, stage: str, lm_weight: float = 0.0,
     counts = {"sft": n, **extra}
     if stage == "align":
         counts["pairwise"] = count_pairs(batch.cue_labels, batch.cue_group)
+    if stage == "distill" and kd_weight > 0:
+        counts["kd"] = n
     if lm_weight > 0:
         counts["lm"] = int((prompt_lm_labels(batch)[:, 1:] != IGNORE_INDEX).sum())
     return counts
