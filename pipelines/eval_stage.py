@@ -65,22 +65,23 @@ def run_fanout(examples: pl.DataFrame, flags: pl.DataFrame, scorers: Mapping[str
     import ray
 
     remote = ray.remote(evaluate_model_on_task)
-    data_ref = ray.put(data) if any(m != TEACHER for m in scorers) else None
-    scorer_refs = {m: (s if m == TEACHER else ray.put(s)) for m, s in scorers.items()}
+    is_lm = {m: isinstance(s, str) for m, s in scorers.items()}  # a model directory: an LM
+    data_ref = ray.put(data) if not all(is_lm.values()) else None
+    scorer_refs = {m: (s if is_lm[m] else ray.put(s)) for m, s in scorers.items()}
     per_task = examples.partition_by("task_id", as_dict=True, maintain_order=True)
     flags_by_task = flags.partition_by("task_id", as_dict=True, maintain_order=True)
     inputs = {}
     for (task_id,), ex in per_task.items():
         inputs[task_id] = (ray.put(ex), ray.put(flags_by_task[(task_id,)]), bool(ex["held_out"][0]))
     pending: dict[Any, tuple[str, str, bool]] = {}
-    # the teacher's tasks first: they are the longest, starting them early shortens the tail
-    for m in sorted(scorers, key=lambda m: m != TEACHER):
+    # the language models' tasks first: they are the longest, starting them early shortens the tail
+    for m in sorted(scorers, key=lambda m: not is_lm[m]):
         for task_id, (ex_ref, fl_ref, held_out) in inputs.items():
             opts: dict[str, Any] = {"num_cpus": 1, "max_retries": 1, "name": f"eval:{m}:{task_id}"}
-            if m == TEACHER and teacher_gpus:
+            if is_lm[m] and teacher_gpus:
                 opts["num_gpus"] = teacher_gpus
             ref = remote.options(**opts).remote(m, ex_ref, fl_ref, scorer_refs[m],
-                                                data_ref if m != TEACHER else None, settings)
+                                                data_ref if not is_lm[m] else None, settings)
             pending[ref] = (m, task_id, held_out)
     out = []
     try:
@@ -203,7 +204,13 @@ def evaluate(ctx: StageContext) -> dict[str, float]:
             f"{'on' if relabel else 'off'})")
 
     flags = slice_flags(candidate_rows(examples), data.items)
-    scorers = {TEACHER: str(model_dir), **baselines}
+    from pipelines.compress_stages import compressed_models
+    from pipelines.teacher_stages import MODEL_DIR
+
+    # every model of the compression chain, scored on the same candidates as the teacher
+    students = {name: str(ctx.inputs[stage] / MODEL_DIR) for name, stage in
+                compressed_models(ctx.cfg).items() if stage in ctx.inputs and ecfg.model is None}
+    scorers = {TEACHER: str(model_dir), **students, **baselines}
     settings = {"bootstrap_samples": ecfg.bootstrap_samples, "ece_bins": ecfg.ece_bins, "seed": ecfg.seed}
     logger = None
     if ctx.mlflow_run_id is not None:
@@ -226,13 +233,16 @@ def evaluate(ctx: StageContext) -> dict[str, float]:
     results = run_fanout(examples, flags, scorers, data, settings, on_result,
                          teacher_gpus=1.0 if ctx.cfg.train.use_gpu else 0.0)
     fanout_seconds = time.perf_counter() - t1
-    records = sorted((r for r, _ in results), key=lambda r: (r.task_id, r.model))
+    all_records = sorted((r for r, _ in results), key=lambda r: (r.task_id, r.model))
+    # the headline report: the teacher against the baselines; the chain has its own table
+    records = [r for r in all_records if r.model not in students]
 
-    scores = pl.concat([s for _, s in results]).join(
+    all_scores = pl.concat([s for _, s in results]).join(
         flags.select("example_id", "position", "task_id", "member_id", "held_out", "item_id", "label",
                      "n_prior_events", "new_item"), on=["example_id", "position", "task_id"], how="left",
     ).sort("model", "task_id", "example_id", "position")
-    scores.write_parquet(ctx.out_dir / "scores.parquet")
+    all_scores.write_parquet(ctx.out_dir / "scores.parquet")
+    scores = all_scores.filter(~pl.col("model").is_in(list(students)))
     notes = [f"Split `{ecfg.split}`: {examples.height} prompts, {flags.height} candidates, "
              f"{len(tasks)} tasks (at most {ecfg.max_prompts_per_task or 'all'} prompts per task, "
              f"seed {ecfg.seed}); models: {', '.join(scorers)}; AUC intervals: "
@@ -252,6 +262,11 @@ def evaluate(ctx: StageContext) -> dict[str, float]:
         # per-row scores with member ids: paired statistics can be recomputed from MLflow alone
         logger.log_artifacts([ctx.out_dir / "scores.parquet"], "evaluate")
     opposites, opposite_line = _opposite_check(ctx, model_dir, examples, tasks, scores, logger)
+    chain_metrics: dict[str, float] = {}
+    if students:
+        from pipelines.compress_report import compression_report
+
+        chain_metrics = compression_report(ctx, all_records, all_scores, list(students), logger)
     ctx.log("\n" + report.markdown)
     for line in (*report.warnings, *report.verdicts, *([opposite_line] if opposite_line else [])):
         ctx.log(line)  # the verdicts last: under the table
@@ -259,11 +274,12 @@ def evaluate(ctx: StageContext) -> dict[str, float]:
         "prompts": float(examples.height),
         "candidates": float(flags.height),
         "tasks": float(len(tasks)),
-        "eval_runs": float(len(records)),
+        "eval_runs": float(len(all_records)),
         "fit_seconds": fit_seconds,
         "fanout_seconds": fanout_seconds,
         **report.metrics,
         **opposites,
+        **chain_metrics,
     }
 
 

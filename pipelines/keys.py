@@ -31,6 +31,9 @@ def select_config(cfg: PipelineConfig, keys: Iterable[str]) -> dict[str, Any]:
     for dotted in keys:
         node: Any = dumped
         for part in dotted.split("."):
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]  # one entry of a list section (a chain step)
+                continue
             if not isinstance(node, dict) or part not in node:
                 raise KeyError(f"stage config key '{dotted}' is not a field of the pipeline config")
             node = node[part]

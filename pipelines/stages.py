@@ -243,7 +243,14 @@ def build_pipeline(cfg: PipelineConfig) -> Pipeline:
         # a model trained elsewhere is scored: nothing to train here
         return Pipeline(cfg.run.name, stages + (EVALUATE_MODEL_STAGE,))
     if cfg.train.enabled:
-        stages += TEACHER_STAGES
-        if cfg.evaluate.enabled:  # the evaluation needs the teacher
-            stages += (EVALUATE_STAGE,)
+        from dataclasses import replace
+
+        from pipelines.compress_stages import compress_stages
+
+        chain = compress_stages(cfg)
+        stages += TEACHER_STAGES + chain
+        if cfg.evaluate.enabled:  # the evaluation needs the teacher (and scores the chain)
+            stages += (replace(EVALUATE_STAGE, deps=(*EVALUATE_STAGE.deps, *(s.name for s in chain)),
+                               code=(*EVALUATE_STAGE.code, "components.compress",
+                                     "pipelines.compress_stages", "pipelines.compress_report")),)
     return Pipeline(cfg.run.name, stages)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components.config import PipelineConfig
+from components.train.config import TrainConfig
 from pipelines.dag import Stage, StageContext
 
 if TYPE_CHECKING:
@@ -38,23 +39,27 @@ def _base_model(cfg: PipelineConfig) -> dict[str, Any] | str:
 
 
 def _run(ctx: StageContext, stage: str, data_update: dict[str, Any],
-         base_model: dict[str, Any] | str) -> dict[str, float]:
+         base_model: dict[str, Any] | str, train: TrainConfig | None = None,
+         teacher_model: Path | None = None) -> dict[str, float]:
+    """One training stage (``train``: its settings, default ``cfg.train.<stage>``;
+    ``teacher_model``: the parent a ``distill`` stage learns from)."""
     from components.tracking import default_tracking_uri
     from pipelines.train_job import run_training
 
     tcfg = ctx.cfg.train
-    if getattr(tcfg, stage).max_steps == 0:
-        return _skip(ctx, stage, base_model)
+    train = train or getattr(tcfg, stage)
+    if train.max_steps == 0:
+        return _skip(ctx, stage, base_model, train.seed)
     assert ctx.resume_dir is not None
     data = tcfg.data.model_copy(update=data_update)
     uri = ctx.cfg.run.mlflow_tracking_uri or default_tracking_uri(ctx.cfg.run.work_dir)
     out = run_training(
-        stage, data=data, train=getattr(tcfg, stage),
+        train.stage, data=data, train=train,
         tokenizer_dir=ctx.inputs["tokenizer"] / "tokenizer", base_model=base_model,
         storage_path=ctx.resume_dir.resolve(), name=stage, num_workers=tcfg.num_workers,
         cpus_per_worker=tcfg.cpus_per_worker, use_gpu=tcfg.use_gpu,
         max_failures=tcfg.max_failures, mlflow_run_id=ctx.mlflow_run_id,
-        mlflow_tracking_uri=uri if ctx.mlflow_run_id else None)
+        mlflow_tracking_uri=uri if ctx.mlflow_run_id else None, teacher_model=teacher_model)
     dest = ctx.out_dir / MODEL_DIR
     shutil.copytree(out.model_dir, dest)
     (ctx.out_dir / "history.json").write_text(json.dumps(out.history))
@@ -80,7 +85,8 @@ def _run(ctx: StageContext, stage: str, data_update: dict[str, Any],
     return metrics
 
 
-def _skip(ctx: StageContext, stage: str, base_model: dict[str, Any] | str) -> dict[str, float]:
+def _skip(ctx: StageContext, stage: str, base_model: dict[str, Any] | str,
+          seed: int) -> dict[str, float]:
     """``max_steps: 0``: the stage passes its input model on untrained (a checkpoint is
     copied; a configured shape is built from its seed and saved with the tokenizer)."""
     dest = ctx.out_dir / MODEL_DIR
@@ -92,7 +98,7 @@ def _skip(ctx: StageContext, stage: str, base_model: dict[str, Any] | str) -> di
         from pipelines.train_job import load_base_model
 
         tok = load_tokenizer(ctx.inputs["tokenizer"] / "tokenizer")
-        model = load_base_model(base_model, len(tok), getattr(ctx.cfg.train, stage).seed,
+        model = load_base_model(base_model, len(tok), seed,
                                 tok.pad_token_id, tok.eos_token_id)
         save_model(model, tok, dest)
     (ctx.out_dir / "history.json").write_text("[]")
@@ -185,6 +191,12 @@ def validation_report(ctx: StageContext, model_dir: Path, limit: int,
     allp = np.clip(np.concatenate([np.asarray(p, dtype=np.float64) for p in probs]), 1e-7, 1 - 1e-7)
     ally = np.concatenate([np.asarray(y, dtype=np.float64) for y in rows["labels"]])
     metrics["valid_log_loss"] = float(-np.mean(ally * np.log(allp) + (1 - ally) * np.log(1 - allp)))
+    if trained.any():  # calibration as served, on the tasks the model was trained for
+        from components.evaluate.metrics import expected_calibration_error
+
+        tp = np.concatenate([np.asarray(p, dtype=np.float64) for p, t in zip(probs, trained, strict=True) if t])
+        ty = np.concatenate([np.asarray(y, dtype=np.float64) for y, t in zip(rows["labels"], trained, strict=True) if t])
+        metrics["valid_ece.trained"] = float(expected_calibration_error(tp, ty))
     metrics["valid_mean_p_yes"] = float(allp.mean())
     metrics["valid_positive_rate"] = float(ally.mean())
     (ctx.out_dir / "valid_report.json").write_text(json.dumps(metrics, indent=1))

@@ -165,7 +165,7 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             from pipelines.console import emit
 
             tps = metrics.get("tokens_per_s")
-            emit("progress", stage, done=metrics["step"], total=tcfg.max_steps, unit="steps",
+            emit("progress", config.get("name") or stage, done=metrics["step"], total=tcfg.max_steps, unit="steps",
                  info=f"loss {metrics['loss']:.3f}" + (f"  {tps:,.0f} tok/s" if tps else ""))
         if mlflow_client is None:
             return
@@ -273,6 +273,7 @@ def run_training(stage: Stage, *, data: TrainDataConfig, train: TrainConfig | No
     final_dir = storage_path / name / FINAL_MODEL_DIR
     config = {
         "stage": stage,
+        "name": name,  # the pipeline stage (progress bars): distill_<step> for a distill stage
         "data": data.model_dump(mode="json"),
         "train": train.model_dump(mode="json"),
         "tokenizer_dir": str(Path(tokenizer_dir).resolve()),

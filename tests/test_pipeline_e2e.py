@@ -25,6 +25,13 @@ TINY_TEACHER = {
     "train.data.max_train_prompts": 64, "train.data.max_valid_prompts": 48,
     **{f"train.{s}.{k}": v for s in ("cpt", "sft", "align")
        for k, v in (("max_steps", 3), ("warmup_steps", 1), ("checkpoint_every", 2), ("log_every", 1))},
+    # the compression chain at test size: a pruned step (fewer channels) and a random one
+    "compress.chain": [
+        {"name": "mid", "intermediate_size": 32,
+         "train": {"max_steps": 2, "warmup_steps": 1, "checkpoint_every": 1, "log_every": 1}},
+        {"name": "small", "init": "random", "hidden_size": 16,
+         "train": {"max_steps": 2, "warmup_steps": 1, "checkpoint_every": 1, "log_every": 1}}],
+    "compress.latency_candidates": 8,
 }
 
 
@@ -38,7 +45,8 @@ def test_synthetic_pipeline_then_cache_hit(ray_local, tmp_path):
     })
     first = _run(cfg)
     assert list(first.results) == ["ingest", "validate", "split", "prepare", "tokenizer", "promptify",
-                                   "cpt", "sft", "align", "evaluate"]
+                                   "cpt", "sft", "align", "distill_mid", "distill_small", "quantize",
+                                   "evaluate"]
     assert not any(r.cached for r in first.results.values())
 
     ingest, validate, split = (first.results[s] for s in ("ingest", "validate", "split"))
@@ -101,7 +109,8 @@ def test_synthetic_pipeline_then_cache_hit(ray_local, tmp_path):
              and r.data.tags.get("mlflow.parentRunId") == first.parent_run_id]
     models = {r.data.tags["rankbrew.model"] for r in evals}
     tasks = {r.data.tags["rankbrew.task"] for r in evals}
-    assert models == {"teacher", "popularity", "lightgbm", "lightgbm_ids", "sasrec"}
+    assert models == {"teacher", "student_mid", "student_small", "quantized", "popularity", "lightgbm",
+                      "lightgbm_ids", "sasrec"}
     assert len(evals) == len(models) * len(tasks) == ev.metrics["eval_runs"]
     assert any(r.data.tags["rankbrew.held_out"] == "true" for r in evals)
     assert all("auc" in r.data.metrics and "ndcg_at_10" in r.data.metrics for r in evals)
@@ -128,6 +137,29 @@ def test_synthetic_pipeline_then_cache_hit(ray_local, tmp_path):
     assert [len(g) for g in got] == [len(c) for c in ex["candidates"]]
     for g, w in zip(got, want, strict=True):
         assert max(abs(a - float(b)) for a, b in zip(g, w, strict=True)) < 1e-5
+    # the chain: a pruned then distilled student, a random one, int8 with an fp32 head; each
+    # smaller than its parent, each in the evaluation's chain table
+    from transformers import AutoConfig
+
+    mid, small, quant = (first.results[s] for s in ("distill_mid", "distill_small", "quantize"))
+    assert AutoConfig.from_pretrained(mid.path / "model").intermediate_size == 32
+    assert AutoConfig.from_pretrained(small.path / "model").hidden_size == 16
+    assert "pruned_init.valid_task_auc_mean.trained" in mid.metrics
+    assert "pruned_init.valid_task_auc_mean.trained" not in small.metrics
+    assert mid.metrics["non_embedding_parameters"] < \
+        first.results["evaluate"].metrics["chain.teacher.non_embedding_parameters"]
+    assert (quant.path / "model" / "quantization.json").exists()
+    assert quant.metrics["head_fp32"] == 1.0 and quant.metrics["quantized_linear_layers"] > 0
+    assert "ablation_head_quantized.valid_ece.trained" in quant.metrics
+    assert {"distill_mid", "distill_small", "quantize"} <= set(by_stage)
+    assert "kd" in " ".join(by_stage["distill_mid"].data.metrics)  # the KD term was logged
+    chain = pl.read_csv(ev.path / "compression.csv")
+    assert chain["model"].to_list() == ["teacher", "student_mid", "student_small", "quantized"]
+    assert "compression chain" in (ev.path / "summary.md").read_text()
+    # a 3-step teacher is not better than popularity: nothing is promoted to rankbrew-ranker
+    ranker = mlflow.tracking.MlflowClient().search_model_versions("name='rankbrew-ranker'")
+    assert quant.metrics["gate.passed"] == 0.0 and ranker == []
+
     # the opposite-task check ran on the teacher's prompts
     assert ev.metrics["opposite_pairs"] > 0 and (ev.path / "opposites.csv").exists()
 

@@ -141,6 +141,23 @@ def resolve_profile_path(profile: str | Path) -> Path:
     raise ConfigError(f"profile '{profile}' not found: give a YAML path or one of {known}")
 
 
+def _index(node: list, part: str, dotted: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override {dotted}: '{part}' is not an index of a list of {len(node)} "
+                          f"entries (count from 0)")
+    return int(part)
+
+
+def _child(node: Any, part: str, dotted: str) -> Any:
+    """One step of a dotted override path: a mapping key (created when missing) or a list
+    index (``compress.chain.1.train.kd_weight``)."""
+    if isinstance(node, list):
+        return node[_index(node, part, dotted)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"override {dotted}: '{part}' is below a value, not a section")
+    return node.setdefault(part, {})
+
+
 def load_config(profile: str | Path = "local", overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """Load a profile and apply dotted overrides (``{"data.synthetic.members": 500}``)."""
     path = resolve_profile_path(profile)
@@ -148,11 +165,14 @@ def load_config(profile: str | Path = "local", overrides: dict[str, Any] | None 
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():
-        node = raw
+        node: Any = raw
         *parents, leaf = dotted.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+            node = _child(node, part, dotted)
+        if isinstance(node, list):
+            node[_index(node, leaf, dotted)] = value
+        else:
+            node[leaf] = value
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as err:

@@ -10,14 +10,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from components.evaluate.report import TEACHER
-
 
 def evaluate_model_on_task(model: str, examples: pl.DataFrame, flags: pl.DataFrame, scorer: Any,
                            data: Any, settings: Mapping[str, Any]) -> tuple[dict[str, float], pl.DataFrame]:
     """Score one task's prompts with one model and measure it (the body of a fan-out task).
 
-    ``scorer`` is the teacher's model directory (``model == "teacher"``) or a fitted
+    ``scorer`` is a language model's directory (a ``str``: the teacher or a student of the
+    compression chain) or a fitted
     baseline (with ``data``, the split's :class:`BaselineData`). ``flags`` are the task's
     candidate rows with slice flags. Returns (metrics, scores) where scores holds
     ``example_id, position, score, prob`` (``prob`` null unless the model gives
@@ -31,7 +30,7 @@ def evaluate_model_on_task(model: str, examples: pl.DataFrame, flags: pl.DataFra
 
     torch.set_num_threads(1)  # one CPU per task (num_cpus=1)
     task_id = examples["task_id"][0]
-    if model == TEACHER:
+    if isinstance(scorer, str):  # a language model's directory: the teacher or a student
         from components.model.engine import ScoringEngine
 
         engine = ScoringEngine.from_pretrained(scorer)

@@ -1,0 +1,88 @@
+"""The chain's table: every model of teacher -> students -> quantized side by side, on the
+same test candidates as the baselines.
+
+Columns per model: parameters (all, outside embedding and head, and that share of the
+teacher's), weight bytes, CPU latency per scored item (one N-candidate request), mean
+AUC over trained tasks, members with <= 5 prior events, held-out (zero-shot) tasks, ECE
+(trained tasks), the paired delta vs popularity and vs the teacher (member bootstrap,
+95%), and the share of the teacher's lift over popularity it keeps
+(``(auc - popularity) / (teacher - popularity)``, trained tasks).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import polars as pl
+
+from components.evaluate.report import (
+    HELD_OUT_MEAN,
+    TEACHER,
+    TRAINED_MEAN,
+    EvalRecord,
+    paired_delta_table,
+)
+from components.evaluate.report.tables import _nanmean
+
+
+def _mean(records: Sequence[EvalRecord], model: str, key: str, held_out: bool) -> float:
+    return _nanmean(r.metrics.get(key, math.nan) for r in records
+                    if r.model == model and bool(r.held_out) == held_out)
+
+
+def chain_table(records: Sequence[EvalRecord], scores: pl.DataFrame, models: Sequence[str],
+                facts: Mapping[str, Mapping[str, float]], n_boot: int = 1000, seed: int = 0,
+                baseline: str = "popularity") -> pl.DataFrame:
+    """One row per model of ``models`` (the teacher first); see the module docstring."""
+    rows = []
+    teacher_ne = facts.get(TEACHER, {}).get("non_embedding_parameters", math.nan)
+    pop = _mean(records, baseline, "auc", False)
+    t_auc = _mean(records, TEACHER, "auc", False)
+    for m in models:
+        f = facts.get(m, {})
+        auc = _mean(records, m, "auc", False)
+        row = {"model": m, "parameters": f.get("parameters"),
+               "non_embedding_parameters": f.get("non_embedding_parameters"),
+               "share_of_teacher": f.get("non_embedding_parameters", math.nan) / teacher_ne,
+               "weight_mb": f.get("weight_bytes", math.nan) / 1e6,
+               "latency_ms_per_item": f.get("latency_ms_per_item"),
+               "auc_trained": auc, "auc_le_5_events": _mean(records, m, "auc.activity_le_5", False),
+               "auc_held_out": _mean(records, m, "auc", True), "ece_trained": _mean(records, m, "ece", False),
+               "lift_kept": (auc - pop) / (t_auc - pop) if t_auc != pop else math.nan}
+        against = [baseline] + ([TEACHER] if m != TEACHER else [])
+        deltas = paired_delta_table(scores, teacher=m, baselines=against, n_boot=n_boot, seed=seed)
+        for r in deltas.filter(pl.col("is_mean") & (pl.col("task") == TRAINED_MEAN)).iter_rows(named=True):
+            name = "vs_" + r["baseline"]
+            row.update({f"delta_{name}": r["delta"], f"delta_{name}_low": r["low"],
+                        f"delta_{name}_high": r["high"]})
+        held = deltas.filter(pl.col("is_mean") & (pl.col("task") == HELD_OUT_MEAN)
+                             & (pl.col("baseline") == baseline))
+        if held.height:
+            row["delta_held_out_vs_popularity"] = held["delta"][0]
+        rows.append(row)
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def chain_markdown(table: pl.DataFrame) -> str:
+    """The table as the evaluate stage's summary section (readable widths, intervals)."""
+    def ci(r, name):
+        d = r.get(f"delta_{name}")
+        if d is None or (isinstance(d, float) and math.isnan(d)):
+            return "-"
+        return f"{d:+.3f} [{r[f'delta_{name}_low']:+.3f}, {r[f'delta_{name}_high']:+.3f}]"
+
+    def num(v, fmt):
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+    head = ("| model | non-emb. params (share) | weights MB | ms / item | AUC trained | <= 5 events | "
+            "held-out | ECE | vs popularity | vs teacher | lift kept |\n|---|---:|---:|---:|---:|---:|---:|"
+            "---:|---|---|---:|\n")
+    lines = []
+    for r in table.iter_rows(named=True):
+        lines.append(
+            f"| {r['model']} | {num(r['non_embedding_parameters'], ',.0f')} ({num(r['share_of_teacher'], '.2f')}) "
+            f"| {num(r['weight_mb'], '.2f')} | {num(r['latency_ms_per_item'], '.3f')} | {num(r['auc_trained'], '.3f')} "
+            f"| {num(r['auc_le_5_events'], '.3f')} | {num(r['auc_held_out'], '.3f')} | {num(r['ece_trained'], '.3f')} "
+            f"| {ci(r, 'vs_popularity')} | {ci(r, 'vs_teacher')} | {num(r['lift_kept'], '.0%')} |")
+    return head + "\n".join(lines) + "\n"
