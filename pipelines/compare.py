@@ -28,6 +28,7 @@ from typing import Any
 import polars as pl
 
 from components import tracking
+from components.compress.report import chain_markdown, is_chain_model
 from components.evaluate.report import (
     PAIRED_SCHEMA,
     EvalRecord,
@@ -47,6 +48,8 @@ from pipelines.eval_stage import EVAL_KIND, TAG_EVAL_SPLIT, TAG_HELD_OUT, TAG_MO
 PARENT_TAG = "mlflow.parentRunId"
 #: Where the evaluate stage logs its paired deltas on the pipeline run (see eval_stage).
 PAIRED_ARTIFACT = "evaluate/paired_deltas.csv"
+#: The compression chain's table (pipelines/compress_report.py), when the run had one.
+CHAIN_ARTIFACT = "evaluate/compression.csv"
 
 
 class CompareError(RuntimeError):
@@ -225,6 +228,21 @@ def paired_deltas_of(client, run: EvaluatedRun) -> pl.DataFrame | None:
         return pl.read_csv(path, schema_overrides=PAIRED_SCHEMA)
 
 
+def headline_records(records: list[EvalRecord]) -> list[EvalRecord]:
+    """The teacher and the baselines: the models of the compression chain have a table of
+    their own (a student is not a baseline the teacher must beat)."""
+    return [r for r in records if not is_chain_model(r.model)]
+
+
+def chain_of(client, run: EvaluatedRun) -> pl.DataFrame | None:
+    """The chain table the evaluate stage logged (:data:`CHAIN_ARTIFACT`), if any."""
+    names = {a.path for a in client.list_artifacts(run.evaluated_in, "evaluate")}
+    if CHAIN_ARTIFACT not in names:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return pl.read_csv(client.download_artifacts(run.evaluated_in, CHAIN_ARTIFACT, tmp))
+
+
 def compare(tracking_uri: str, experiment: str | None = None, run_id: str | None = None,
             against: str | None = None) -> Comparison:
     """Tables of pipeline run ``run_id`` (default: the newest evaluated run of
@@ -236,8 +254,9 @@ def compare(tracking_uri: str, experiment: str | None = None, run_id: str | None
         run = latest_evaluated_run(client, experiment)
     else:
         run = load_evaluated_run(client, run_id)
-    table = summary_table(run.records)
-    cold = cold_start_table(run.records)
+    records = headline_records(run.records)
+    table = summary_table(records)
+    cold = cold_start_table(records)
     if against is None:
         deltas = paired_deltas_of(client, run)
         notes = [f"From MLflow: {run.describe()}."]
@@ -245,13 +264,17 @@ def compare(tracking_uri: str, experiment: str | None = None, run_id: str | None
             notes.append("No paired deltas: this run was evaluated before the stage logged "
                          f"`{PAIRED_ARTIFACT}`; rerun `rankbrew run --force evaluate`.")
         md = render_markdown(table, cold, "Evaluation: teacher vs ID-based baselines", notes=notes,
-                             cold_held_out=cold_start_table(run.records, held_out=True),
-                             deltas=deltas, warnings=single_class_warnings(run.records))
+                             cold_held_out=cold_start_table(records, held_out=True),
+                             deltas=deltas, warnings=single_class_warnings(records))
+        chain = chain_of(client, run)
+        if chain is not None:
+            md += "\n## The compression chain (same candidates)\n\n" + chain_markdown(chain)
         verdicts = verdict_lines(deltas) if deltas is not None and deltas.height else []
         return Comparison(run, None, table, cold, md, deltas, verdicts)
     other = load_evaluated_run(client, against)
-    both = side_by_side(table, summary_table(other.records))
-    cold_both = side_by_side(cold, cold_start_table(other.records))
+    other_records = headline_records(other.records)
+    both = side_by_side(table, summary_table(other_records))
+    cold_both = side_by_side(cold, cold_start_table(other_records))
     md = render_side_by_side(both, cold_both, "Evaluation: two pipeline runs side by side",
                              notes=[f"- run: {run.describe()}", f"- against: {other.describe()}"])
     return Comparison(run, other, both, cold_both, md)
@@ -317,7 +340,7 @@ def compare_many(tracking_uri: str, experiment: str | None = None, run_ids: list
     if len(runs) < 2:
         raise CompareError(f"{len(runs)} distinct evaluated run(s): several runs need at least 2 "
                            f"(runs sharing a cached evaluate stage count once)")
-    tables = [summary_table(r.records) for r in runs]
+    tables = [summary_table(headline_records(r.records)) for r in runs]
     deltas = [paired_deltas_of(client, r) for r in runs]
     for r, d in zip(runs, deltas, strict=True):
         if d is None:

@@ -134,7 +134,12 @@ def distill_step(ctx: StageContext, step: DistillStep, index: int) -> dict[str, 
 
 def quantize(ctx: StageContext) -> dict[str, float]:
     """Quantize the chain's last model, gate it, register it (see the module docstring)."""
-    from components.compress.quantize import head_is_fp32, quantized_linear_count, write_recipe
+    from components.compress.quantize import (
+        compression_gate,
+        head_is_fp32,
+        quantized_linear_count,
+        write_recipe,
+    )
     from components.model.engine import ScoringEngine
     from pipelines.teacher_stages import gate_against_popularity, validation_report
 
@@ -163,17 +168,15 @@ def quantize(ctx: StageContext) -> dict[str, float]:
     metrics.update(model_report(ctx, dest))
     parent = json.loads((src.parent / "valid_report.json").read_text())
     key = "valid_task_auc_mean.trained"
-    drop = parent[key] - metrics[key]
-    ece = metrics.get("valid_ece.trained", float("nan"))
-    passed = drop <= qc.max_auc_drop and ece <= qc.max_ece
-    metrics.update({"gate.auc_drop": drop, "gate.ece": ece, "gate.quantization_passed": float(passed)})
-    verdict = (f"quantize ({qc.recipe.method}, head {qc.recipe.head}): validation AUC (trained tasks) "
-               f"{parent[key]:.4f} -> {metrics[key]:.4f} (drop {drop:+.4f}, allowed {qc.max_auc_drop}), "
-               f"ECE {ece:.4f} (allowed {qc.max_ece})")
-    ctx.note(("" if passed else "WARNING: not registered: ") + verdict)
+    decision = compression_gate(parent.get(key, float("nan")), metrics.get(key, float("nan")),
+                                metrics.get("valid_ece.trained", float("nan")), qc.max_auc_drop, qc.max_ece)
+    metrics.update({"gate.auc_drop": decision.auc_drop, "gate.ece": decision.ece,
+                    "gate.quantization_passed": float(decision.passed)})
+    verdict = f"quantize ({qc.recipe.method}, head {qc.recipe.head}) on validation: {decision.reason}"
+    ctx.note(("" if decision.passed else "WARNING: not registered: ") + verdict)
     gate = gate_against_popularity(ctx)
     metrics.update(gate.as_metrics())
-    _register(ctx, passed and gate.passed, verdict if not passed else gate.verdict)
+    _register(ctx, decision.passed and gate.passed, verdict if not decision.passed else gate.verdict)
     return metrics
 
 
@@ -242,7 +245,9 @@ def compressed_models(cfg: PipelineConfig) -> dict[str, str]:
     """Evaluation name -> stage of every model the chain leaves (in chain order)."""
     if not cfg.compress.enabled:
         return {}
-    out = {f"student_{s.name}": step_stage_name(s) for s in cfg.compress.chain}
+    from components.compress.report import QUANTIZED, STUDENT_PREFIX
+
+    out = {f"{STUDENT_PREFIX}{s.name}": step_stage_name(s) for s in cfg.compress.chain}
     if cfg.compress.quantize.enabled:
-        out["quantized"] = QUANTIZE
+        out[QUANTIZED] = QUANTIZE
     return out

@@ -286,3 +286,29 @@ def test_fp8_refused_without_cuda():
         pytest.skip("this machine has CUDA")
     with pytest.raises(QuantizationError, match="compute capability"):
         torchao_config("fp8_dynamic")
+
+
+def test_gate_rejects_a_model_with_a_corrupted_layer(tok):
+    """Labels = the parent's own ranking (parent AUC 1.0); a copy with one layer's MLP
+    replaced by noise ranks differently and is refused, naming the AUC drop; the parent
+    itself passes."""
+    from components.compress.quantize import compression_gate
+    from components.train.loop import roc_auc
+
+    torch.manual_seed(0)
+    parent = build_model(preset("tiny", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                                intermediate_size=128, initializer_range=0.1), len(tok))
+    corrupted = copy.deepcopy(parent)
+    with torch.no_grad():
+        w = corrupted.model.layers[1].mlp.down_proj.weight
+        w.copy_(torch.randn_like(w) * 3 * w.std())
+    s_parent = ScoringEngine(parent, tok).score(PREFIX, CANDS, margins=True)
+    s_bad = ScoringEngine(corrupted, tok).score(PREFIX, CANDS, margins=True)
+    labels = (s_parent > np.median(s_parent)).astype(int)
+    ok = compression_gate(roc_auc(s_parent, labels), roc_auc(s_parent, labels), 0.01)
+    assert ok.passed
+    bad = compression_gate(roc_auc(s_parent, labels), roc_auc(s_bad, labels), 0.01)
+    assert not bad.passed and "AUC dropped" in bad.reason and bad.auc_drop > 0.005
+    miscal = compression_gate(0.8, 0.799, 0.2)
+    assert not miscal.passed and "ECE" in miscal.reason
+    assert not compression_gate(0.8, float("nan"), 0.01).passed

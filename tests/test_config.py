@@ -41,3 +41,15 @@ def test_hash_is_stable_and_sensitive():
     assert config_hash(load_config("local", {"run.seed": 1})) != config_hash(a)
     # key order in the source does not matter
     assert config_hash({"x": 1, "y": 2}) == config_hash({"y": 2, "x": 1})
+
+
+def test_override_reaches_one_entry_of_a_list_section():
+    from pipelines.keys import select_config
+
+    cfg = load_config("local", {"compress.chain.1.train.kd_weight": 0})
+    assert [s.train.kd_weight for s in cfg.compress.chain] == [1.0, 0.0]  # only step 1
+    assert select_config(cfg, ["compress.chain.1"])["compress.chain.1"]["train"]["kd_weight"] == 0
+    with pytest.raises(ConfigError, match="index"):
+        load_config("local", {"compress.chain.7.train.kd_weight": 0})
+    with pytest.raises(ConfigError, match="hidden_size"):  # pruning keeps the width
+        load_config("local", {"compress.chain.0.hidden_size": 64})

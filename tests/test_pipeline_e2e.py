@@ -156,6 +156,12 @@ def test_synthetic_pipeline_then_cache_hit(ray_local, tmp_path):
     chain = pl.read_csv(ev.path / "compression.csv")
     assert chain["model"].to_list() == ["teacher", "student_mid", "student_small", "quantized"]
     assert "compression chain" in (ev.path / "summary.md").read_text()
+    # rankbrew compare: the chain in its own table, not among the baselines
+    from pipelines.compare import compare
+
+    cmp = compare(first.tracking_uri, "data-e2e")
+    assert "compression chain" in cmp.markdown and "student_small" in cmp.markdown
+    assert not any(c.startswith("student_") or c == "quantized" for c in cmp.table.columns)
     # a 3-step teacher is not better than popularity: nothing is promoted to rankbrew-ranker
     ranker = mlflow.tracking.MlflowClient().search_model_versions("name='rankbrew-ranker'")
     assert quant.metrics["gate.passed"] == 0.0 and ranker == []

@@ -153,3 +153,32 @@ def weight_bytes(model) -> int:
         else:
             total += data.numel() * data.element_size()
     return total
+
+
+class GateDecision(StrictModel):
+    """The quantization gate's verdict on a model against its unquantized parent."""
+
+    passed: bool
+    auc_drop: float
+    ece: float
+    reason: str
+
+
+def compression_gate(parent_auc: float, child_auc: float, child_ece: float,
+                     max_auc_drop: float = 0.005, max_ece: float = 0.03) -> GateDecision:
+    """Accept a compressed model only if its AUC (same prompts as the parent) fell at most
+    ``max_auc_drop`` and its ECE is at most ``max_ece``; ``reason`` says which failed and
+    by how much. A nan metric fails (nothing measured is not a pass)."""
+    import math
+
+    drop = parent_auc - child_auc
+    problems = []
+    if math.isnan(drop) or drop > max_auc_drop:
+        problems.append(f"AUC dropped {drop:+.4f} vs the parent ({parent_auc:.4f} -> {child_auc:.4f}; "
+                        f"allowed {max_auc_drop})")
+    if math.isnan(child_ece) or child_ece > max_ece:
+        problems.append(f"ECE {child_ece:.4f} > {max_ece}")
+    reason = "; ".join(problems) if problems else (
+        f"AUC {parent_auc:.4f} -> {child_auc:.4f} (drop {drop:+.4f} <= {max_auc_drop}), "
+        f"ECE {child_ece:.4f} <= {max_ece}")
+    return GateDecision(passed=not problems, auc_drop=drop, ece=child_ece, reason=reason)

@@ -25,6 +25,15 @@ from components.evaluate.report import (
 )
 from components.evaluate.report.tables import _nanmean
 
+#: Evaluation names of the chain's models (``compressed_models`` in pipelines/compress_stages.py).
+STUDENT_PREFIX = "student_"
+QUANTIZED = "quantized"
+
+
+def is_chain_model(name: str) -> bool:
+    """A model of the compression chain (not the teacher, not a baseline)."""
+    return name.startswith(STUDENT_PREFIX) or name == QUANTIZED
+
 
 def _mean(records: Sequence[EvalRecord], model: str, key: str, held_out: bool) -> float:
     return _nanmean(r.metrics.get(key, math.nan) for r in records
