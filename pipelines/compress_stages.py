@@ -123,7 +123,7 @@ def distill_step(ctx: StageContext, step: DistillStep, index: int) -> dict[str, 
     key = "valid_task_auc_mean.trained"
     if key in parent and key in metrics:
         metrics[f"delta_vs_parent.{key}"] = metrics[key] - parent[key]
-        line = (f"{step_stage_name(step)}: validation AUC (trained tasks) {parent[key]:.3f} (parent) -> "
+        line = (f"validation AUC (trained tasks) {parent[key]:.3f} (parent) -> "
                 f"{metrics[key]:.3f}")
         if "pruned_init." + key in metrics:
             line += f" (pruned, before distillation: {metrics['pruned_init.' + key]:.3f})"
@@ -174,7 +174,7 @@ def quantize(ctx: StageContext) -> dict[str, float]:
                     "gate.quantization_passed": float(decision.passed)})
     verdict = f"quantize ({qc.recipe.method}, head {qc.recipe.head}) on validation: {decision.reason}"
     ctx.note(("" if decision.passed else "WARNING: not registered: ") + verdict)
-    gate = gate_against_popularity(ctx)
+    gate = gate_against_popularity(ctx, "quantized model")
     metrics.update(gate.as_metrics())
     _register(ctx, decision.passed and gate.passed, verdict if not decision.passed else gate.verdict)
     return metrics
@@ -192,7 +192,7 @@ def _register(ctx: StageContext, champion: bool, verdict: str) -> None:
     from pipelines.teacher_stages import CHAMPION
 
     if not champion:
-        ctx.note(f"{name}: no version registered ({verdict})")
+        ctx.note(f"{name}: no version registered (a gate failed: see above)")
         return
     info = mlflow.pyfunc.log_model(name="ranker", python_model=TeacherScorer(),
                                    artifacts={"model": str(ctx.out_dir / MODEL_DIR)},

@@ -210,7 +210,7 @@ def validation_report(ctx: StageContext, model_dir: Path, limit: int,
 VALID_SCORES = "valid_scores.parquet"
 
 
-def gate_against_popularity(ctx: StageContext) -> GateResult:
+def gate_against_popularity(ctx: StageContext, model: str = "teacher") -> GateResult:
     """The popularity gate (components/evaluate/gate.py) on the validation rows the align
     stage scored: said on the console, returned for MLflow and the registry."""
     import polars as pl
@@ -227,7 +227,7 @@ def gate_against_popularity(ctx: StageContext) -> GateResult:
                          negative_window_days=p.negative_window_days)
     res = popularity_gate(rows["probs"].to_list(), rows, BaselineData.from_split_dir(ctx.inputs["split"]),
                           tasks, cfg, relabel=steering_relabel_hook(ctx.cfg, tasks))
-    ctx.note(("" if res.passed else "WARNING: ") + res.line())
+    ctx.note(("" if res.passed else "WARNING: ") + res.line(model))
     return res
 
 

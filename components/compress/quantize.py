@@ -41,7 +41,7 @@ class QuantizationError(RuntimeError):
 class QuantRecipe(StrictModel):
     """How a model directory is quantized at load."""
 
-    method: Method = Field("int8_dynamic", description="int8_dynamic / int8_weight_only "
+    method: Method = Field("int8_weight_only", description="int8_weight_only / int8_dynamic "
                            "(CPU or CUDA) or fp8_dynamic (CUDA, compute capability >= 8.9).")
     head: Literal["fp32", "quantized"] = Field(
         "fp32", description="fp32: lm_head is left out of quantize_ (the default and the "

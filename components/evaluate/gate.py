@@ -41,9 +41,9 @@ class GateResult:
     tasks: int              # trained tasks with a defined delta
     held_out_delta: float   # the same mean over held-out tasks (reported, not gated)
 
-    def line(self) -> str:
+    def line(self, model: str = "teacher") -> str:
         held = "" if math.isnan(self.held_out_delta) else f"; held-out tasks {self.held_out_delta:+.3f}"
-        return (f"teacher {self.verdict} on validation: task-mean AUC delta {self.delta:+.3f} "
+        return (f"{model} {self.verdict} on validation: task-mean AUC delta {self.delta:+.3f} "
                 f"[{self.low:+.3f}, {self.high:+.3f}] (95% paired member bootstrap), above on "
                 f"{self.tasks_above}/{self.tasks} trained tasks{held}")
 
