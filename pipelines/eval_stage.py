@@ -9,7 +9,8 @@ Flow (deps: ``split``, ``promptify``, ``align``):
    the prepare stage's steering relabel hook on synthetic data, so they learn the same
    targets as the language model.
 3. Fan out one Ray task (``num_cpus=1``, one torch thread) per (model, task), model in
-   {teacher, each baseline}: score the task's prompts (the teacher with
+   {teacher, each model of the compression chain (``student_<step>``, ``quantized``), each
+   baseline}: score the task's prompts (the teacher with
    ``ScoringEngine`` on ``<align>/model``), compute the metrics and the slices. Plain
    tasks, not actors: an actor pool holding the CPUs deadlocked on 2 cores.
 4. As each result arrives, this process logs one MLflow run per (model, task) nested
@@ -20,7 +21,9 @@ Flow (deps: ``split``, ``promptify``, ``align``):
    ``paired_deltas.csv`` (teacher minus each baseline, paired member bootstrap),
    ``scores.parquet`` and the plots; log them to the stage run and to the parent run
    (under ``evaluate/``; ``scores.parquet`` to the parent only); print the table, the
-   one-class slice warnings and the verdict lines; return the headline numbers.
+   one-class slice warnings and the verdict lines; return the headline numbers. The
+   headline tables hold the teacher and the baselines; the chain's models get their own
+   table (``compression.csv``, pipelines/compress_report.py).
 
 ``rankbrew compare`` (pipelines/compare.py) reads the nested runs back.
 """
