@@ -312,3 +312,16 @@ def test_gate_rejects_a_model_with_a_corrupted_layer(tok):
     miscal = compression_gate(0.8, 0.799, 0.2)
     assert not miscal.passed and "ECE" in miscal.reason
     assert not compression_gate(0.8, float("nan"), 0.01).passed
+
+
+def test_compress_imports_without_ray_or_mlflow():
+    """The GPU box and a notebook call these directly (ARCHITECTURE: components run without Ray)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; import components.compress.kd, components.compress.prune, "
+            "components.compress.quantize, components.compress.students, components.compress.report, "
+            "components.compress.measure; bad = [m for m in ('ray', 'mlflow') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
