@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 
@@ -27,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from benchmarks.bench_scoring import machine
+    from components.compress.measure import latency_per_item
     from components.compress.quantize import QuantRecipe, weight_bytes
     from components.model.engine import ScoringEngine
     from components.model.factory import load_model
@@ -44,8 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     rows = read_examples(args.examples, "valid", False, args.auc_prompts)
-    prefix = rows["prefix"][0]
-    cands = [rows["candidates"][0][i % len(rows["candidates"][0])] for i in range(args.n)]
+    prefix, cands = rows["prefix"][0], list(rows["candidates"][0])
     out = {"machine": machine(), "model": str(args.model), "n": args.n, "torch": torch.__version__,
            "variants": {}}
     for method in ["fp32", *args.methods]:
@@ -53,15 +51,9 @@ def main(argv: list[str] | None = None) -> None:
         recipe = None if method == "fp32" else QuantRecipe(method=method)
         eng = ScoringEngine(model, tok, device="cpu", quantization=recipe)
         res: dict = {"weight_bytes": weight_bytes(eng.model)}
-        for th in args.threads:
-            torch.set_num_threads(th)
-            eng.score(prefix, cands[:8])
-            times = []
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                eng.score(prefix, cands)
-                times.append(time.perf_counter() - t0)
-            res[f"ms_per_item_{th}t"] = 1e3 * statistics.median(times) / args.n
+        for th in args.threads:  # the pipeline's probe, per thread count
+            res[f"ms_per_item_{th}t"] = 1e3 * latency_per_item(eng, prefix, cands, args.n,
+                                                               args.repeats, th)
         margins = eng.score_batch([(p, list(c)) for p, c in zip(rows["prefix"], rows["candidates"],
                                                                  strict=True)], margins=True)
         s = np.concatenate(margins)

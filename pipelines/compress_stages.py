@@ -12,7 +12,7 @@
    ``train.kd_temperature``); checkpoints in the stage's resume dir, so a crashed step
    resumes.
 3. Validation report (per-task AUC, calibration fitted on trained tasks, ECE) and the
-   size / latency facts of the student, logged to its MLflow child run.
+   student's sizes, logged to its MLflow child run (CPU latency: the evaluate stage).
 
 ``quantize`` (deps: the last step, or align when the chain is empty): the student's
 safetensors plus ``quantization.json`` (torchao, LM head fp32, checked on the loaded
@@ -117,7 +117,13 @@ def distill_step(ctx: StageContext, step: DistillStep, index: int) -> dict[str, 
                         [t.id for t in tasks if t.held_out])
     metrics.update(validation_report(ctx, ctx.out_dir / MODEL_DIR, cfg.train.data.max_valid_prompts or 200,
                                      calibrate=True))
-    metrics.update(model_report(ctx, ctx.out_dir / MODEL_DIR))
+    # sizes only: the latencies are measured in the evaluate stage, every model one after
+    # another under the same conditions (compress_report.py)
+    from components.compress.measure import model_facts
+    from components.model.engine import ScoringEngine
+
+    metrics.update(model_facts(ScoringEngine.from_pretrained(ctx.out_dir / MODEL_DIR, device="cpu"),
+                               ctx.out_dir / MODEL_DIR))
     parent = json.loads((parent_dir.parent / "valid_report.json").read_text()) \
         if (parent_dir.parent / "valid_report.json").exists() else {}
     key = "valid_task_auc_mean.trained"
@@ -127,13 +133,13 @@ def distill_step(ctx: StageContext, step: DistillStep, index: int) -> dict[str, 
                 f"{metrics[key]:.3f}")
         if "pruned_init." + key in metrics:
             line += f" (pruned, before distillation: {metrics['pruned_init.' + key]:.3f})"
-        ctx.note(line + f"; {metrics['non_embedding_parameters']:,.0f} non-embedding parameters, "
-                 f"{metrics['latency_ms_per_item']:.2f} ms per item at N={cfg.compress.latency_candidates}")
+        ctx.note(line + f"; {metrics['non_embedding_parameters']:,.0f} non-embedding parameters")
     return metrics
 
 
 def quantize(ctx: StageContext) -> dict[str, float]:
     """Quantize the chain's last model, gate it, register it (see the module docstring)."""
+    from components.compress.measure import model_facts
     from components.compress.quantize import (
         compression_gate,
         head_is_fp32,
@@ -165,7 +171,7 @@ def quantize(ctx: StageContext) -> dict[str, float]:
                         if k.startswith(("valid_task_auc_mean", "valid_ece", "valid_log_loss"))})
         shutil.rmtree(ablation)  # weights identical to the model's: only the numbers are kept
     metrics.update(validation_report(ctx, dest, limit, calibrate=True))
-    metrics.update(model_report(ctx, dest))
+    metrics.update(model_facts(engine, dest))  # sizes; latency: the evaluate stage
     parent = json.loads((src.parent / "valid_report.json").read_text())
     key = "valid_task_auc_mean.trained"
     decision = compression_gate(parent.get(key, float("nan")), metrics.get(key, float("nan")),
@@ -227,16 +233,14 @@ def compress_stages(cfg: PipelineConfig) -> tuple[Stage, ...]:
         stages.append(Stage(
             step_stage_name(step), _step_runner(step, i), deps=("split", "promptify", "tokenizer", parent_stage(cfg, i)),
             code=COMPRESS_CODE, num_cpus=0,
-            config_keys=(*TRAIN_KEYS, f"compress.chain.{i}", "compress.calibration_prompts",
-                         "compress.latency_candidates", "compress.latency_threads"),
+            config_keys=(*TRAIN_KEYS, f"compress.chain.{i}", "compress.calibration_prompts"),
             description=f"Ray Train FSDP2: {'prune + ' if step.init == 'pruned' else ''}distil "
                         f"{parent_stage(cfg, i)} -> {step.name}"))
     if cfg.compress.quantize.enabled:
         stages.append(Stage(
             QUANTIZE, quantize, deps=("split", "promptify", "tokenizer", final_stage(cfg)),
             code=COMPRESS_CODE, num_cpus=0,
-            config_keys=(*TRAIN_KEYS, "compress.quantize", "compress.registered_model_name",
-                         "compress.latency_candidates", "compress.latency_threads"),
+            config_keys=(*TRAIN_KEYS, "compress.quantize", "compress.registered_model_name"),
             description="torchao int8/FP8 with an fp32 head, gate vs parent -> registered ranker"))
     return tuple(stages)
 
