@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.rankbrew-installed
 export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_USAGE_STATS_ENABLED  := 0
 
-.PHONY: setup run test lint bench mlflow-ui stages compare analyze clean help
+.PHONY: setup run test lint bench mlflow-ui stages compare analyze clean help serve serve-stop serve-status redeploy rollback
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -54,6 +54,22 @@ stages: setup  ## list the pipeline's stages
 
 mlflow-ui: setup  ## browse runs of the embedded default at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/$(PROFILE)/mlflow.db --host 127.0.0.1 --port 5000
+
+PORT ?= 8000
+serve: setup  ## serve the registered ranker (else the teacher) at http://127.0.0.1:$(PORT), in the background
+	@$(BIN)/rankbrew serve start --profile $(PROFILE) --port $(PORT)
+
+serve-stop: setup  ## stop what `make serve` started
+	@$(BIN)/rankbrew serve stop --profile $(PROFILE) --port $(PORT)
+
+serve-status: setup  ## live version, alias, replicas
+	@$(BIN)/rankbrew serve status --profile $(PROFILE) --port $(PORT)
+
+redeploy: setup  ## roll the live app to the version the alias points to now (VERSION=N: that one)
+	@$(BIN)/rankbrew serve redeploy --profile $(PROFILE) --port $(PORT) $(if $(VERSION),--version $(VERSION))
+
+rollback: setup  ## move the alias back to the previously deployed version and redeploy
+	@$(BIN)/rankbrew serve rollback --profile $(PROFILE) --port $(PORT)
 
 clean:  ## remove run outputs (keeps .venv)
 	rm -rf runs .pytest_cache

@@ -319,5 +319,92 @@ def generate(
     console.print(summary)
 
 
+serve_app = typer.Typer(help="The ranker on Ray Serve: start, stop, status, redeploy, rollback "
+                        "(docs/serving.md).", no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
+PortOpt = Annotated[int, typer.Option("--port", help="HTTP port on 127.0.0.1.")]
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="Registry reference to serve (default models:/rankbrew-ranker@champion, falling back "
+    "to models:/rankbrew-teacher@champion until the compression chain registers a ranker).")]
+
+
+def _serve_target(profile: str, set_: list[str] | None, port: int, model: str | None = None):
+    from pipelines.serve_ctl import target_from_profile
+
+    return target_from_profile(profile, _parse_overrides(set_), port=port, model=model)
+
+
+@serve_app.command("start")
+def serve_start(profile: ProfileOpt = "local", set_: SetOpt = None, port: PortOpt = 8000,
+                model: ModelOpt = None) -> None:
+    """Start the app in the background (its own local Ray) and wait until it is ready."""
+    from pipelines.serve_ctl import start
+
+    target = _serve_target(profile, set_, port, model)
+    with console.status(f"starting the Serve app (log: {target.state_path.parent / 'serve.log'}) ..."):
+        state = start(target)
+    console.print(f"[green]serving[/green] {state['model']} (alias {state['alias']}) at {state['url']}  "
+                  f"docs: {state['url']}/docs   stop: make serve-stop", highlight=False)
+
+
+@serve_app.command("stop")
+def serve_stop(profile: ProfileOpt = "local", set_: SetOpt = None, port: PortOpt = 8000) -> None:
+    """Stop the app `serve start` launched (and only that)."""
+    from pipelines.serve_ctl import stop
+
+    console.print("stopped" if stop(_serve_target(profile, set_, port)) else "no app was running")
+
+
+@serve_app.command("status")
+def serve_status(profile: ProfileOpt = "local", set_: SetOpt = None, port: PortOpt = 8000) -> None:
+    """The live model (version, alias), the replicas and their health."""
+    from pipelines.serve_ctl import connect, live_model, read_state
+
+    target = _serve_target(profile, set_, port)
+    if read_state(target) is None:
+        console.print(f"no app is running for {target.work_dir} (start one with `make serve`)")
+        raise typer.Exit(1)
+    connect(target)  # before ray is imported (see connect)
+    from ray import serve
+
+    from pipelines.serve_app import APP_NAME
+    table = Table("deployment", "status", "replicas")
+    for name, dep in serve.status().applications[APP_NAME].deployments.items():
+        table.add_row(name, str(dep.status.value), ", ".join(f"{k.value if hasattr(k, 'value') else k}: {v}"
+                                                          for k, v in dep.replica_states.items()))
+    console.print(f"live: {live_model(target)}  at {target.url}", highlight=False)
+    console.print(table)
+
+
+@serve_app.command("redeploy")
+def serve_redeploy(profile: ProfileOpt = "local", set_: SetOpt = None, port: PortOpt = 8000,
+                   model: ModelOpt = None,
+                   version: Annotated[str | None, typer.Option(help="Deploy this version instead of "
+                                                               "the alias's.")] = None) -> None:
+    """Roll the live app to the version the alias points to now (or --version N), in place."""
+    from pipelines.serve_ctl import connect, deploy, live_model
+
+    target = _serve_target(profile, set_, port, model)
+    connect(target)
+    before = live_model(target)
+    with console.status("redeploying (replicas load the new version beside the old, then swap) ..."):
+        deploy(target, version)
+    after = live_model(target)
+    console.print(f"{before['uri']} -> {after['uri']} (alias {after['alias']})", highlight=False)
+
+
+@serve_app.command("rollback")
+def serve_rollback(profile: ProfileOpt = "local", set_: SetOpt = None, port: PortOpt = 8000,
+                   alias: Annotated[str, typer.Option(help="The alias to move back.")] = "champion") -> None:
+    """Move the alias back to the version deployed before the live one, and redeploy."""
+    from pipelines.serve_ctl import connect, rollback
+
+    target = _serve_target(profile, set_, port)
+    connect(target)
+    with console.status("rolling back ..."):
+        was, now = rollback(target, alias)
+    console.print(f"'{alias}': version {was} -> {now}, redeployed", highlight=False)
+
+
 if __name__ == "__main__":
     app()

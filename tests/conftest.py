@@ -54,3 +54,13 @@ def ray_local():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(ray_local, tmp_path_factory):
+    """(config, PipelineRun) of the tiny synthetic pipeline (tests/tiny_run.py), run once:
+    the end-to-end test checks it, the serving tests serve its models."""
+    from tests.tiny_run import run, tiny_config
+
+    cfg = tiny_config(tmp_path_factory.mktemp("tiny") / "work")
+    return cfg, run(cfg)

@@ -287,7 +287,7 @@ def test_events_on_the_same_item_merge_into_one_question(toy):
 
 
 def test_a_request_can_carry_a_custom_instruction(toy):
-    from components.promptify.online import build_request_prompt
+    from components.promptify.online import candidate_segments, request_prefix
     from components.promptify.tokenizer import load_tokenizer
 
     tok = load_tokenizer(toy["tok"])
@@ -295,13 +295,15 @@ def test_a_request_can_carry_a_custom_instruction(toy):
     events = [{"item": {**item, "item_id": f"old{k}", "title": f"EVT{k}"}, "action": "apply",
                "timestamp": T0 + timedelta(days=k)} for k in range(200)]
     now = T0 + timedelta(days=150)
-    prefix, cands = build_request_prompt(
-        {"headline": "Engineer", "skills": ["SQL", "Python"]}, events, [item],
+    prefix, kept = request_prefix(
+        {"headline": "Engineer", "skills": ["SQL", "Python"]}, events,
         "Focus on skills more than other criteria.", "Is this job a good fit?", tok,
         now=now, history_token_budget=60)
+    cands = candidate_segments([item])
     assert "Focus on skills more than other criteria." in prefix
     stamps = [int(s) for s in re.findall(r"EVT(\d+)", prefix)]
     assert stamps and max(stamps) == 149  # the most recent event before `now`, none after
+    assert kept == len(stamps)
     assert len(tok.encode(_history_section(prefix, "markdown"), add_special_tokens=False)) <= 60
     assert cands[0].endswith("Answer:") and "Data Engineer" in cands[0]
 

@@ -392,14 +392,8 @@ class PromptBuilder:
             items, labels = items + neg, labels + [0] * len(neg)
             n_sampled = len(neg)
         style = str(rng.choice(cfg.styles)) if split == "train" else cfg.eval_style
-        n_prior = int(np.searchsorted(hist_time, cutoff_us, side="left"))
-        if (style, n_prior) not in history_cache:
-            history_cache[(style, n_prior)] = self.history_section(
-                row, style, n_prior, hist_action, token_cache)
-        history, kept, used = history_cache[(style, n_prior)]
-        pieces = PromptPieces(task.instruction, row[f"profile_{style}"] or NO_PROFILE, (), (), task.question,
-                              today=cutoff.strftime("%Y-%m-%d"))
-        prefix = render_prefix(pieces, history, style)
+        prefix, n_prior, kept, used = self.prefix_at(row, task.instruction, task.question, cutoff, style,
+                                                     hist_time, hist_action, token_cache, history_cache)
         return {
             "example_id": f"{mid}:{task_id}:{split}:{qi}",
             "member_id": mid,
@@ -409,11 +403,7 @@ class PromptBuilder:
             "cutoff": cutoff,
             "style": style,
             "prefix": prefix,
-            "candidates": [
-                render_candidate(self._item_text(it, style, cutoff_us, mid), self.item_type.get(it, task.item_type),
-                                 style, task.question if cfg.question_in_candidates else None)
-                for it in items
-            ],
+            "candidates": self.candidate_texts(items, style, cutoff_us, mid, task.item_type, task.question),
             "candidate_item_ids": items,
             "labels": labels,
             "n_prior_events": n_prior,
@@ -428,6 +418,29 @@ class PromptBuilder:
             "n_events_in_capped_prompts": n_chunk_capped,
             "n_events_in_negative_only_prompts": 0,
         }
+
+    def prefix_at(self, row: dict, instruction: str, question: str, cutoff, style: str,
+                  hist_time: np.ndarray, hist_action: list[str], token_cache: dict[str, np.ndarray],
+                  history_cache: dict[tuple[str, int], tuple[str, int, int]]) -> tuple[str, int, int, int]:
+        """A member row's prompt prefix at ``cutoff`` (a datetime): (text, events before the
+        cutoff, history lines kept, history tokens). The offline examples and the Serve app's
+        ``member_id`` requests both call this, so one request scores as its test prompt did."""
+        cutoff_us = int(cutoff.timestamp() * 1e6)
+        n_prior = int(np.searchsorted(hist_time, cutoff_us, side="left"))
+        if (style, n_prior) not in history_cache:
+            history_cache[(style, n_prior)] = self.history_section(
+                row, style, n_prior, hist_action, token_cache)
+        history, kept, used = history_cache[(style, n_prior)]
+        pieces = PromptPieces(instruction, row[f"profile_{style}"] or NO_PROFILE, (), (), question,
+                              today=cutoff.strftime("%Y-%m-%d"))
+        return render_prefix(pieces, history, style), n_prior, kept, used
+
+    def candidate_texts(self, items: Sequence[str], style: str, cutoff_us: int, member_id: str | None,
+                        item_type: str, question: str) -> list[str]:
+        """The rendered candidate segments of ``items`` (ids of the catalogue) at the cutoff."""
+        q = question if self.cfg.question_in_candidates else None
+        return [render_candidate(self._item_text(it, style, cutoff_us, member_id),
+                                 self.item_type.get(it, item_type), style, q) for it in items]
 
     def _question_sets(self, rng, split: str, idx: list[int], row: dict
                        ) -> tuple[list[list[int]], int, list[list[int]]]:
@@ -455,13 +468,13 @@ class PromptBuilder:
             kept = [x for i, x in enumerate(kept) if i in pick]
         return [c for c, _ in kept], capped, dropped
 
-    def _item_text(self, item_id: str, style: str, cutoff_us: int, member_id: str) -> str:
+    def _item_text(self, item_id: str, style: str, cutoff_us: int, member_id: str | None) -> str:
         """A candidate's text; with ``item_stats``, plus its statistics strictly before the
         cutoff; with ``match_hints``, plus what it shares with the member (matches.py)."""
         text = self.item_text[style].get(item_id, item_id)
         if self.item_stats is not None:
             text += self.item_stats.render(item_id, cutoff_us, style)
-        if self.match_hints is not None:
+        if self.match_hints is not None and member_id is not None:  # None: a member not in the tables
             text += self.match_hints.render(member_id, item_id, cutoff_us, style)
         return text
 

@@ -17,6 +17,7 @@ import polars as pl
 
 from components.promptify.budget import count_tokens, fit_to_budget
 from components.promptify.verbalize import (
+    NO_PROFILE,
     PromptPieces,
     event_lines,
     item_texts,
@@ -27,10 +28,9 @@ from components.promptify.verbalize import (
 )
 
 
-def build_request_prompt(
+def request_prefix(
     profile: Mapping[str, Any],
     events: Sequence[Mapping[str, Any]],
-    candidates: Sequence[Mapping[str, Any]],
     instruction: str,
     question: str,
     tokenizer,
@@ -39,32 +39,24 @@ def build_request_prompt(
     style: str = "markdown",
     history_token_budget: int = 384,
     max_field_words: int = 40,
-    question_in_candidates: bool = False,
-) -> tuple[str, list[str]]:
-    """(prefix, candidate segments) for one member and a list of candidate items.
-
-    ``events``: dicts with ``item`` (an item dict with item_id, item_type, title, ...),
-    ``action``, ``timestamp`` and optional ``value``. Events at or after ``now`` are
-    ignored (a client clock skew must not leak the future into a prompt).
-    ``question_in_candidates``: as the run's ``promptify.question_in_candidates``.
-    """
+) -> tuple[str, int]:
+    """(prefix, history events kept) for an inline member: the profile and ``events`` (dicts
+    with ``item`` (an item dict with item_id, item_type, title, ...), ``action``,
+    ``timestamp`` and optional ``value``). Events at or after ``now`` are ignored (a client
+    clock skew must not leak the future into a prompt)."""
     member = pl.DataFrame([{"member_id": "request", **profile}])
-    profile_text = profile_texts(member, max_field_words)[f"profile_{style}"][0] or ""
-    ev = [e for e in events if now is None or e["timestamp"] < now]
-    ev.sort(key=lambda e: e["timestamp"])
-    items = {str(e["item"]["item_id"]): e["item"] for e in ev}
-    items.update({str(c["item_id"]): c for c in candidates})
-    items_df = pl.DataFrame(list(items.values()), infer_schema_length=None).with_columns(
-        pl.col("item_id").cast(pl.Utf8)
-    )
-    itext = item_texts(items_df, max_field_words=max_field_words)
+    profile_text = (profile_texts(member, max_field_words)[f"profile_{style}"][0] if profile else "") or ""
+    ev = sorted((e for e in events if now is None or e["timestamp"] < now), key=lambda e: e["timestamp"])
     lines, actions = [], []
     if ev:
+        items = {str(e["item"]["item_id"]): e["item"] for e in ev}
+        items_df = pl.DataFrame(list(items.values()), infer_schema_length=None).with_columns(
+            pl.col("item_id").cast(pl.Utf8))
         ev_df = pl.DataFrame([
             {"member_id": "request", "item_id": str(e["item"]["item_id"]), "action": e["action"],
              "timestamp": e["timestamp"], "value": e.get("value")} for e in ev
         ]).with_columns(pl.col("value").cast(pl.Float64))
-        df = event_lines(ev_df, itext)
+        df = event_lines(ev_df, item_texts(items_df, max_field_words=max_field_words))
         lines, actions = df[f"line_{style}"].to_list(), df["action"].to_list()
     sep = "\n" if style != "narrative" else " "
     tokens = count_tokens(tokenizer, [ln + sep for ln in lines])
@@ -75,12 +67,21 @@ def build_request_prompt(
 
     kept, _ = fit_to_budget(tokens, history_token_budget, render, tokenizer)
     today = (now or datetime.now(UTC)).strftime("%Y-%m-%d")
-    prefix = render_prefix(PromptPieces(instruction, profile_text, (), (), question, today=today),
+    prefix = render_prefix(PromptPieces(instruction, profile_text or NO_PROFILE, (), (), question, today=today),
                            render(kept), style)
+    return prefix, kept
+
+
+def candidate_segments(candidates: Sequence[Mapping[str, Any]], style: str = "markdown", *,
+                       question: str | None = None, max_field_words: int = 40) -> list[str]:
+    """Rendered candidate segments of inline item dicts (``question``: repeated in each
+    segment, as with ``promptify.question_in_candidates``)."""
+    if not candidates:
+        return []
+    items_df = pl.DataFrame(list(candidates), infer_schema_length=None).with_columns(
+        pl.col("item_id").cast(pl.Utf8))
+    itext = item_texts(items_df, max_field_words=max_field_words)
     by_id = dict(zip(itext["item_id"], itext[f"full_{style}"], strict=True))
-    segments = [
-        render_candidate(by_id[str(c["item_id"])], str(c.get("item_type", "item")), style,
-                         question if question_in_candidates else None)
-        for c in candidates
-    ]
-    return prefix, segments
+    return [render_candidate(by_id[str(c["item_id"])], str(c.get("item_type", "item")), style, question)
+            for c in candidates]
+
