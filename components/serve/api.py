@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from components.serve.prompts import RequestError
 from components.serve.schemas import ScoreRequest, ScoreResponse
 
+
 class Overloaded(Exception):
     """The scorer's queue is full: answer 503 and ask the client to come back."""
 
