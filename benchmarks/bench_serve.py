@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="local")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="a profile override, e.g. --set run.work_dir=/path/to/runs/local")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--candidates", type=int, nargs="+", default=[100, 500])
     ap.add_argument("--seconds", type=float, default=20.0)
@@ -88,7 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=8123)
     a = ap.parse_args(argv)
 
-    target = serve_ctl.target_from_profile(a.profile, port=a.port, scorer_replicas=a.replicas)
+    import yaml
+
+    overrides = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in a.overrides)}
+    target = serve_ctl.target_from_profile(a.profile, overrides, port=a.port, scorer_replicas=a.replicas)
     target.api = {"max_candidates": max(a.candidates)}
     target.options = {"scorer_max_queued": 256}
     uri, version, alias = serve_ctl.pinned(target)

@@ -149,7 +149,7 @@ def _malformed_cases(row: dict) -> list[tuple[str, bytes | dict, tuple[int, ...]
         ("no task no instruction", {k: v for k, v in ok.items() if k != "task"}, (422,), None),
         ("zero candidates", {**ok, "candidates": []}, (422,), "candidates"),
         ("too many candidates", {**ok, "candidates": [f"i{k}" for k in range(51)]}, (422,), "candidates"),
-        ("2 MB body", b'{"task": "' + b"a" * 2_000_000 + b'"}', (413,), None),
+        ("10 MB body", b'{"task": "' + b"a" * 10_000_000 + b'"}', (413,), None),
         ("huge string", {**ok, "member_id": None, "profile": {"headline": "x" * 100_000}}, (422,), "profile"),
         ("invalid utf-8", b'{"task": "\xff\xfe"}', (400,), "body"),
         ("NaN", b'{"task": "x", "profile": {"a": NaN}, "candidates": ["a"]}', (400,), "body"),
