@@ -19,10 +19,11 @@ queue limit makes the proxy answer the same (``BackpressureConfig``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -52,7 +53,7 @@ class ScorerConfig(BaseModel):
     tracking_uri: str | None = None
     work_dir: str | None = Field(None, description="Absolute <run.work_dir>: run tables and the model cache.")
     torch_threads: int = 1
-    backend: str = Field("torch", pattern="^(torch|vllm)$", description="The scorer: rankbrew's multi-item "
+    backend: Literal["torch", "vllm"] = Field("torch", description="The scorer: rankbrew's multi-item "
                          "engine, or vLLM with prefix caching (optional extra: make setup-vllm).")
     history_token_budget: int | None = Field(None, description="Serve longer (or shorter) histories than "
                                              "the run's prompts had (None: the run's budget).")
@@ -80,7 +81,7 @@ def load_service(conf: ScorerConfig):
     uri = conf.tracking_uri or cfg.run.mlflow_tracking_uri or default_tracking_uri(work)
     served = resolve_served([conf.model, *conf.fallbacks], uri, work / "serve" / "models", work / "artifacts")
     if conf.alias and served.alias is None:
-        served = served.__class__(**{**served.__dict__, "alias": conf.alias})
+        served = dataclasses.replace(served, alias=conf.alias)
     if conf.backend == "vllm":
         from components.serve.vllm_engine import VllmEngine, vllm_available
 
