@@ -338,11 +338,16 @@ def _serve_target(profile: str, set_: list[str] | None, port: int, model: str | 
 def serve_start(profile: ProfileOpt = "local", set_: SetOpt = None, port: PortOpt = 8000,
                 model: ModelOpt = None) -> None:
     """Start the app in the background (its own local Ray) and wait until it is ready."""
+    from components.serve.registry import ServedModelError
     from pipelines.serve_ctl import start
 
     target = _serve_target(profile, set_, port, model)
-    with console.status(f"starting the Serve app (log: {target.state_path.parent / 'serve.log'}) ..."):
-        state = start(target)
+    try:
+        with console.status(f"starting the Serve app (log: {target.state_path.parent / 'serve.log'}) ..."):
+            state = start(target)
+    except (ServedModelError, RuntimeError, TimeoutError) as e:
+        console.print(str(e), style="red", markup=False, highlight=False)
+        raise typer.Exit(1) from None
     console.print(f"[green]serving[/green] {state['model']} (alias {state['alias']}) at {state['url']}  "
                   f"docs: {state['url']}/docs   stop: make serve-stop", highlight=False)
 

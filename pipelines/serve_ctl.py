@@ -177,6 +177,7 @@ def start(target: ServeTarget, wait_s: float = 600) -> dict[str, Any]:
     state = read_state(target)
     if state is not None:
         return state
+    pinned(target)  # fail here, with the registry's answer, when there is nothing to serve
     log = target.state_path.parent / "serve.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     spec = json.dumps({**target.__dict__, "work_dir": str(target.work_dir)})
