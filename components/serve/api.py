@@ -26,7 +26,7 @@ import json
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
@@ -68,7 +68,6 @@ class Metrics:
     latency: Any = None
     items: Any = None
     errors: Any = None
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def create(cls) -> Metrics:

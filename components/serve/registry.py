@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 #: Tried in order when the configured reference has no version (a fresh run registers the
 #: teacher; the compression chain registers the ranker once it passes its gate).
 DEFAULT_MODELS = ("models:/rankbrew-ranker@champion", "models:/rankbrew-teacher@champion")
-#: Files a served model directory may hold weights in; pickles are refused.
-UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
 class ServedModelError(RuntimeError):
@@ -37,7 +35,6 @@ class Served:
     model_dir: Path         # the HF directory (config.json, model.safetensors, tokenizer)
     run_id: str | None      # the MLflow run that logged it (a pipeline stage's run)
     stage_dir: Path | None  # that stage's output directory, when it is on this machine
-    tags: dict[str, str] = field(default_factory=dict)
 
     def info(self) -> dict[str, str | None]:
         recipe = self.model_dir / "quantization.json"
@@ -108,30 +105,26 @@ def resolve_served(ref: str | Sequence[str], tracking_uri: str | None, download_
     # (concurrent first connections to a SQLite store race on its schema check)
     with (Path(download_dir) / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        first, _ = pin_first([ref] if isinstance(ref, str) else list(ref), tracking_uri)
-        return _resolve_locked(first, tracking_uri, Path(download_dir), artifacts_root)
+        _, pinned = pin_first([ref] if isinstance(ref, str) else list(ref), tracking_uri)
+        return _resolve_locked(*pinned, tracking_uri, Path(download_dir), artifacts_root)
 
 
-def _resolve_locked(ref: str, tracking_uri: str | None, download_dir: Path, artifacts_root: Path | None
-                    ) -> Served:
+def _resolve_locked(name: str, version: str, alias: str | None, tracking_uri: str | None,
+                    download_dir: Path, artifacts_root: Path | None) -> Served:
     from mlflow.tracking import MlflowClient
 
+    from components.model.factory import ModelLoadError, check_safetensors_dir
     from components.tracking import TAG_STAGE, TAG_STAGE_KEY
     from components.tracking.models import ModelRefError, resolve_model
 
-    name, version, alias = pin(ref, tracking_uri)
     uri = f"models:/{name}/{version}"
     dest = Path(download_dir) / name / version
-    try:
-        model_dir = resolve_model(uri, tracking_uri, dest) if not (dest / ".complete").exists() else \
-            next(p.parent for p in sorted(dest.rglob("config.json"), key=lambda p: len(p.parts)))
-    except ModelRefError as e:
-        raise ServedModelError(str(e)) from e
+    try:  # a version is immutable: a finished download is reused as a local directory
+        model_dir = resolve_model(str(dest) if (dest / ".complete").exists() else uri, tracking_uri, dest)
+        check_safetensors_dir(model_dir)  # the engine loads safetensors only; the pyfunc pickle never
+    except (ModelRefError, ModelLoadError) as e:
+        raise ServedModelError(f"serve model {uri}: {e}") from e
     (dest / ".complete").touch()
-    unsafe = [p.name for p in model_dir.iterdir() if p.suffix in UNSAFE_SUFFIXES]
-    if unsafe or not list(model_dir.glob("*.safetensors")):
-        raise ServedModelError(f"serve model {uri}: {model_dir} must hold safetensors weights only "
-                               f"(found {unsafe or 'no *.safetensors'}): re-save it with save_pretrained")
     client = MlflowClient(tracking_uri)
     mv = client.get_model_version(name, version)
     stage_dir = None
@@ -140,7 +133,7 @@ def _resolve_locked(ref: str, tracking_uri: str | None, download_dir: Path, arti
         stage, key = tags.get(TAG_STAGE), tags.get(TAG_STAGE_KEY)
         if stage and key and (Path(artifacts_root) / stage / key).exists():
             stage_dir = Path(artifacts_root) / stage / key
-    return Served(name, version, alias, uri, model_dir, mv.run_id, stage_dir, dict(mv.tags or {}))
+    return Served(name, version, alias, uri, model_dir, mv.run_id, stage_dir)
 
 
 def run_inputs(stage_dir: Path, manifest: str) -> dict[str, Path]:
