@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -158,12 +160,74 @@ def _child(node: Any, part: str, dotted: str) -> Any:
     return node.setdefault(part, {})
 
 
-def load_config(profile: str | Path = "local", overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Load a profile and apply dotted overrides (``{"data.synthetic.members": 500}``)."""
-    path = resolve_profile_path(profile)
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(node: Any, path: Path, where: str = "") -> Any:
+    """``${VAR}`` / ``${VAR:-default}`` in string values, from the environment.
+
+    Why: a cluster profile names what only the cluster knows (``RAY_ADDRESS``,
+    ``MLFLOW_TRACKING_URI``, a bucket) without a copy of the profile per cluster. A value
+    that expands to the empty string is null (``${RAY_ADDRESS:-}``: start a local Ray).
+    """
+    if isinstance(node, dict):
+        return {k: _expand_env(v, path, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v, path, f"{where}.{i}") for i, v in enumerate(node)]
+    if not isinstance(node, str) or "${" not in node:
+        return node
+
+    def sub(m: re.Match) -> str:
+        value = os.environ.get(m.group(1))
+        if value is None:
+            if m.group(2) is None:
+                raise ConfigError(f"{path}: {where} reads ${{{m.group(1)}}}, which is not set: "
+                                  f"export {m.group(1)}=... or give a default (${{{m.group(1)}:-...}})")
+            value = m.group(2)
+        return value
+
+    out = _ENV_REF.sub(sub, node)
+    return None if out == "" else out
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_profile(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A profile's raw mapping with its ``extends:`` chain merged in (base first)."""
+    if path.resolve() in seen:
+        chain = " -> ".join(p.name for p in (*seen, path.resolve()))
+        raise ConfigError(f"{path}: 'extends' makes a cycle ({chain}): remove one of them")
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends must be one profile name or YAML path, got {base!r}")
+    base_path = Path(base)
+    if base_path.suffix in (".yaml", ".yml") and not base_path.is_absolute():
+        base_path = path.parent / base_path  # relative to the profile that extends it
+    try:
+        resolved = resolve_profile_path(base_path if base_path.suffix else base)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: extends: {err}") from None
+    return _deep_merge(_read_profile(resolved, (*seen, path.resolve())), raw)
+
+
+def load_config(profile: str | Path = "local", overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load a profile and apply dotted overrides (``{"data.synthetic.members": 500}``).
+
+    A profile may start from another (``extends: local``: its sections, with this file's
+    keys on top) and read environment variables (``${RAY_ADDRESS:-}``)."""
+    path = resolve_profile_path(profile)
+    raw = _expand_env(_read_profile(path), path)
     for dotted, value in (overrides or {}).items():
         node: Any = raw
         *parents, leaf = dotted.split(".")

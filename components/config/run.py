@@ -23,6 +23,10 @@ class RunConfig(StrictModel):
     mlflow_tracking_uri: str | None = Field(
         None, description="Defaults to sqlite:///<work_dir>/mlflow.db (absolute, so Ray workers agree)."
     )
+    mlflow_artifact_root: str | None = Field(
+        None, description="Artifact location of a new MLflow experiment (s3://, gs://, a "
+        "path). Default: <work_dir>/mlartifacts with a local store; the tracking server's own "
+        "default artifact root with an http(s) one.")
     seed: int = 0
 
 
