@@ -95,7 +95,7 @@ def run_pipeline(
     tracking.configure(uri)
     import mlflow
 
-    exp_id = tracking.experiment_id(cfg.run.name, artifact_root=work_dir / "mlartifacts")
+    exp_id = tracking.experiment_id(cfg.run.name, tracking.artifact_root(uri, work_dir, cfg.run.mlflow_artifact_root))
     chash = config_hash(cfg)
     tags = {tracking.TAG_GIT_SHA: tracking.git_sha(), tracking.TAG_CONFIG_HASH: chash,
             tracking.TAG_PROFILE: profile}
