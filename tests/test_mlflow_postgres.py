@@ -407,3 +407,73 @@ def test_new_experiment_on_server_gets_proxied_store_old_local_one_warns(mlflow_
     old = client.create_experiment("pg-old-local", artifact_location=(work / "mlartifacts").as_uri())
     with pytest.warns(UserWarning, match="local path"):
         assert tracking.experiment_id("pg-old-local", tracking.artifact_root(mlflow_server.url, work)) == old
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_registry_on_server_registers_pins_and_downloads_a_model(mlflow_server, tmp_path):
+    """The registry path of the align stage and of serving, on the server: a scorer logged and
+    registered as the teacher is (pipelines/teacher_stages.py ``_log_teacher``), its alias
+    pinned, its files uploaded through the proxy and downloaded back by serving's resolver."""
+    import mlflow
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from components.serve.registry import resolve_served
+    from components.tracking.models import pinned_reference
+    from pipelines.registry import TeacherScorer, pip_requirements
+
+    hf = tmp_path / "model"
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, head_dim=8)).save_pretrained(hf)
+    client = _client(mlflow_server)
+    exp = tracking.experiment_id("pg-registry", tracking.artifact_root(mlflow_server.url, tmp_path))
+    with mlflow.start_run(experiment_id=exp) as run:
+        info = mlflow.pyfunc.log_model(name="teacher", python_model=TeacherScorer(), artifacts={"model": str(hf)},
+                                       pip_requirements=pip_requirements(), registered_model_name="pg-teacher")
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias("pg-teacher", "champion", version)
+
+    assert pinned_reference("models:/pg-teacher@champion", mlflow_server.url) == f"models:/pg-teacher/{version}"
+    served = resolve_served("models:/pg-teacher@champion", mlflow_server.url, tmp_path / "dl")
+    assert (served.version, served.run_id) == (version, run.info.run_id)
+    assert (served.model_dir / "model.safetensors").read_bytes() == (hf / "model.safetensors").read_bytes()
+    assert list(mlflow_server.artifacts.rglob("model.safetensors")), "model files not in the server's store"
+
+
+def test_compose_pins_match_the_installed_mlflow():
+    """infra/mlflow: the server image's MLflow and psycopg2 are the versions this environment
+    runs and tests (a client far from its server's version is where REST surprises come
+    from), every image has an exact tag, the port is published on 127.0.0.1 only, and
+    every variable compose needs without a default is in .env.example."""
+    from importlib import metadata
+
+    import yaml
+
+    infra = REPO_ROOT / "infra" / "mlflow"
+    compose_text = (infra / "compose.yaml").read_text()
+    compose = yaml.safe_load(compose_text)
+    dockerfile = (infra / "Dockerfile").read_text()
+    mlflow_version, psycopg2_version = metadata.version("mlflow"), metadata.version("psycopg2-binary")
+    hint = "bump infra/mlflow/Dockerfile and compose.yaml with the .venv"
+    assert f"ARG MLFLOW_VERSION={mlflow_version}\n" in dockerfile, hint
+    assert f"ARG PSYCOPG2_VERSION={psycopg2_version}\n" in dockerfile, hint
+    assert "FROM ghcr.io/mlflow/mlflow:v${MLFLOW_VERSION}" in dockerfile
+    server, db = compose["services"]["mlflow"], compose["services"]["postgres"]
+    assert server["build"]["args"]["MLFLOW_VERSION"] == mlflow_version, hint
+    assert server["build"]["args"]["PSYCOPG2_VERSION"] == psycopg2_version, hint
+    assert server["image"].endswith(f":{mlflow_version}")
+    for name, svc in compose["services"].items():
+        tag = svc["image"].rpartition(":")[2]
+        assert re.fullmatch(r"v?\d+(\.\d+)+(-[a-z0-9]+)?", tag), f"{name}: image {svc['image']} needs an exact tag"
+    assert all(p.startswith("127.0.0.1:") for p in server["ports"])
+    assert "healthcheck" in db and server["depends_on"]["postgres"]["condition"] == "service_healthy"
+    command = server["command"]
+    assert "--serve-artifacts" in command and "--artifacts-destination" in command
+    assert command[command.index("--backend-store-uri") + 1].startswith("postgresql+psycopg2://")
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    example = (infra / ".env.example").read_text()
+    required = set(re.findall(r"\$\{([A-Z0-9_]+)(?::\?[^}]*)?\}", compose_text))
+    defaulted = set(re.findall(r"\$\{([A-Z0-9_]+):-", compose_text))
+    for var in sorted(required - defaulted):
+        assert re.search(rf"^{var}=", example, re.M), f"{var} is used by compose.yaml but not in .env.example"
+    assert ".env" in (infra / ".gitignore").read_text().split()
