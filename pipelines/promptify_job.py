@@ -1,14 +1,14 @@
 """Ray Data adapter of promptification: read member rows -> build prompts -> write Parquet.
 
 Thin on purpose: the logic is :class:`components.promptify.examples.PromptBuilder`,
-which runs the same with or without Ray. Ray Data adds the scale-out: member rows are
-read in blocks, and each task builds its batch's prompts and writes them to Parquet
-itself (see :func:`build_and_write_block`); only one accounting row per batch reaches
-the driver.
+which runs the same with or without Ray. Ray Data adds the scale-out: one task per member
+partition (the files ``prepare`` wrote) reads it in batches, builds each batch's prompts
+and writes them to Parquet itself (see :func:`build_partition`,
+:func:`build_and_write_block`); only one accounting row per batch reaches the driver.
 
 Why a function and not an actor pool: on a 2-core machine an actor pool holds the CPUs
-that Ray Data's file listing and read tasks need, and the job never starts. A plain
-function fuses with the read into one task per block; the builder (tokenizer, item
+that Ray Data's tasks need, and the job never starts. A plain function runs as one
+task per partition; the builder (tokenizer, item
 texts) is cached per worker process, and Ray reuses worker processes, so it is still
 loaded about once per worker.
 """
@@ -61,6 +61,24 @@ def build_and_write_block(batch: pa.Table, dest: str, tokenizer_dir: str, prepar
     return pa.table({"file": [name], "rows": [out.num_rows]})
 
 
+def build_partition(files: pa.Table, dest: str, tokenizer_dir: str, prepared: PreparedData,
+                    tasks: list[TaskSpec], cfg: PromptifyConfig, batch_size: int) -> pa.Table:
+    """Ray Data UDF: for each member-partition file in ``files`` (column ``path``), read
+    it ``batch_size`` rows at a time and build and write each batch's examples
+    (:func:`build_and_write_block`); returns their accounting rows.
+
+    One task, one partition: its members' match hints are one partition file, loaded
+    once by the task's builder; memory holds a row group of the file and one batch's
+    examples, whatever the size of the log."""
+    out = []
+    for path in files.column("path").to_pylist():
+        for rb in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+            out.append(build_and_write_block(pa.Table.from_batches([rb]), dest, tokenizer_dir,
+                                             prepared, tasks, cfg))
+    return pa.concat_tables(out) if out else pa.table({"file": pa.array([], pa.string()),
+                                                       "rows": pa.array([], pa.int64())})
+
+
 def run_promptify_job(
     prepared: PreparedData,
     tokenizer_dir: Path,
@@ -76,16 +94,20 @@ def run_promptify_job(
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # inside a task: log lines
     files = sorted(Path(prepared.members_dir).glob("*.parquet"))
-    # one block per member partition, so that every worker gets work
-    ds = ray.data.read_parquet([str(f) for f in files]).repartition(len(files))
+    # One task per member partition, which streams its file in batches (build_partition):
+    # every worker gets work and nothing holds the whole table. Not read_parquet +
+    # repartition: Ray 2.60 lists the files in one task that yields them as one block, and
+    # the repartition that spread it over workers materialised every member row in the
+    # object store before the first prompt (at 1M members, gigabytes).
+    ds = ray.data.from_items([{"path": str(f)} for f in files], override_num_blocks=max(1, len(files)))
     dest = Path(out_dir) / "examples"
     dest.mkdir(parents=True, exist_ok=True)
     written = ds.map_batches(
-        build_and_write_block,
+        build_partition,
         fn_kwargs={"dest": str(dest), "tokenizer_dir": str(tokenizer_dir), "prepared": prepared,
-                   "tasks": list(tasks), "cfg": cfg},
+                   "tasks": list(tasks), "cfg": cfg, "batch_size": batch_size},
         batch_format="pyarrow",
-        batch_size=batch_size,
+        batch_size=1,
         num_cpus=cpus_per_task,
         compute=ray.data.TaskPoolStrategy(size=concurrency) if concurrency else None,
         # One task, one CPU: the Rust tokenizer and Polars would otherwise each start a

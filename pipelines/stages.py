@@ -121,14 +121,16 @@ def prepare(ctx: StageContext) -> dict[str, float]:
 
     tasks = load_pipeline_tasks(ctx.cfg)
     relabel = None
-    if ctx.cfg.data.source == "synthetic" and any(t.steering for t in tasks):
+    steered = [t.id for t in tasks if t.steering]
+    if ctx.cfg.data.source == "synthetic" and steered:
         from components.promptify.steering import steering_relabel
 
         def relabel(labeled, members, items):
             return steering_relabel(labeled, tasks, members, items, ctx.cfg.data.synthetic)
 
+    # only the steering tasks' rows are relabelled, so only they are gathered over partitions
     _, stats = prepare_member_table(ctx.inputs["split"], tasks, ctx.cfg.promptify, ctx.out_dir,
-                                    relabel=relabel)
+                                    relabel=relabel, relabel_tasks=steered)
     ctx.log(f"{len(tasks)} tasks; {stats}")
     return {**stats, "tasks": float(len(tasks)), "tasks_held_out": float(sum(t.held_out for t in tasks))}
 

@@ -55,7 +55,12 @@ class PromptifyConfig(StrictModel):
         "them dropped at 0.1: teacher mean test AUC 0.508 -> 0.549, docs/benchmarks.md). "
         "1.0 keeps them all.")
     max_eval_candidates: int = Field(50, ge=2)
-    blocks: int = Field(8, ge=1, description="Member partitions for the Ray Data job.")
+    blocks: int = Field(8, ge=1, description="Member partitions (at least): prepare builds and "
+                        "writes one at a time, the Ray Data job reads them as its blocks.")
+    members_per_block: int = Field(
+        20_000, ge=1, description="Most members per partition: prepare uses max(blocks, "
+        "ceil(members / members_per_block)) partitions, so its memory follows a partition, "
+        "not the log (about 0.11 MB per member at the peak, measured at 100k members).")
     seed: int = 0
     item_stats: bool = Field(
         False, description="Verbalize as-of item statistics in candidate text: ratings and "

@@ -16,7 +16,7 @@ its cutoff is the time of its earliest question. Nothing at or after it can appe
 
 from __future__ import annotations
 
-import pickle
+import shutil
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -129,13 +129,16 @@ class PreparedData:
     items_text: Path       # item_id, item_type, full_<style>
     item_pools: Path       # negatives' pool: the catalogue or the impressions (negatives.py)
     item_events: Path | None = None  # events behind as-of item statistics (item_stats.py)
-    match_hints: Path | None = None  # pickled MatchHints (matches.py), with promptify.match_hints
+    # MatchHints by member partition (matches.PartitionedMatchHints), with promptify.match_hints
+    match_hints: Path | None = None
 
     @classmethod
     def from_dir(cls, out_dir: Path) -> PreparedData:
         """The outputs :func:`prepare_member_table` wrote under ``out_dir``."""
         out_dir = Path(out_dir)
-        events, hints = out_dir / "item_events.parquet", out_dir / "match_hints.pkl"
+        events, hints = out_dir / "item_events.parquet", out_dir / "match_hints"
+        if not hints.exists():  # written before prepare partitioned: one pickle
+            hints = out_dir / "match_hints.pkl"
         return cls(out_dir / "member_rows", out_dir / "items_text.parquet", out_dir / "item_pools.parquet",
                    events if events.exists() else None, hints if hints.exists() else None)
 
@@ -170,95 +173,216 @@ def example_accounting(examples: pl.LazyFrame | pl.DataFrame, prepare_stats: dic
     return out
 
 
+#: Seed of the member partition hash (:func:`member_block`).
+PARTITION_SEED = 7
+
+
+def member_block(member_ids: pl.Expr | pl.Series, blocks: int) -> pl.Expr | pl.Series:
+    """The member partition of ``member_ids`` (a String column): ``hash(seed=7) % blocks``.
+
+    The one definition ``prepare`` partitions by and promptify workers look members up
+    with (match hints per partition); Polars' hash is stable for a Polars version, and
+    the stage cache keys on the installed packages' code, not on Polars, so a Polars
+    upgrade needs ``prepare`` rerun with ``promptify`` (``--force``)."""
+    return member_ids.hash(seed=PARTITION_SEED) % blocks
+
+
+def member_blocks(cfg: PromptifyConfig, members: int) -> int:
+    """How many member partitions ``prepare`` writes: ``promptify.blocks``, raised so that
+    none holds more than about ``promptify.members_per_block`` members."""
+    return max(cfg.blocks, -(-members // cfg.members_per_block))
+
+
+def partition_by_member(table_dir: Path, dest: Path, blocks: int) -> None:
+    """Stream a split table into ``dest/__block=<b>/*.parquet`` by :func:`member_block`.
+
+    One streaming pass over the log (bounded memory, row order kept), so that each
+    partition then reads only its own rows: scanning the whole log once per partition
+    would cost partitions x log, which grows as the square of the members."""
+    (pl.scan_parquet(Path(table_dir))
+     .with_columns(member_block(pl.col("member_id"), blocks).alias("__block"))
+     .sink_parquet(pl.PartitionBy(dest, key="__block", include_key=False), mkdir=True))
+
+
+def _read_partition(dest: Path, block: int, schema: pl.Schema) -> pl.DataFrame:
+    """Rows of one partition written by :func:`partition_by_member` (empty: none)."""
+    files = sorted((Path(dest) / f"__block={block}").glob("*.parquet"))
+    if not files:
+        return pl.DataFrame(schema=schema)
+    return pl.read_parquet(files, hive_partitioning=False)
+
+
 def prepare_member_table(
     split_dir: Path,
     tasks: Sequence[TaskSpec],
     cfg: PromptifyConfig,
     out_dir: Path,
     relabel: Callable[[pl.DataFrame, pl.DataFrame, pl.DataFrame], pl.DataFrame] | None = None,
+    relabel_tasks: Sequence[str] | None = None,
 ) -> tuple[PreparedData, dict[str, float]]:
     """Vectorized preparation: labels, verbalized events and items, one row per member.
 
-    ``relabel(labeled, members, items)`` may rewrite labels (instruction steering).
+    Streams by member partition (:func:`member_block`, :func:`member_blocks` of them):
+    the log is split into partitions in one streaming pass, then each partition is
+    labelled, verbalized, grouped and written (``member_rows/part-<b>.parquet``, its
+    ``match_hints/part-<b>.pkl``) before the next is read, so memory follows the largest
+    partition, not the log. Catalogue-sized outputs (item texts, negative pools) are
+    built once, their log aggregates computed by streaming. The stats are sums over
+    partitions.
+
+    ``relabel(labeled, members, items)`` may rewrite labels (instruction steering). It may
+    rank across members, so it sees every partition's labelled rows of ``relabel_tasks``
+    at once (the whole members table too); it must return the same rows in the same
+    order. ``relabel_tasks=None``: every task's rows, i.e. the whole labelled log; pass
+    the tasks it rewrites to keep memory bounded.
     """
     split_dir, out_dir = Path(split_dir), Path(out_dir)
-    members = pl.read_parquet(split_dir / "members")
     items = pl.read_parquet(split_dir / "items")
-    inter = pl.read_parquet(split_dir / "interactions").join(
-        items.select("item_id", "item_type"), on="item_id", how="left"
-    )
+    item_types = items.select("item_id", "item_type")
+    members_scan = pl.scan_parquet(split_dir / "members")
+    inter_scan = pl.scan_parquet(split_dir / "interactions")
+    members_in = members_scan.select(pl.len()).collect().item()
+    blocks = member_blocks(cfg, members_in)
     itext = item_texts(items, max_field_words=cfg.max_field_words)
-    prof = profile_texts(members, max_field_words=cfg.max_field_words)
+    scratch = out_dir / "_by_member"
+    shutil.rmtree(scratch, ignore_errors=True)
+    for table in ("members", "interactions"):
+        partition_by_member(split_dir / table, scratch / table, blocks)
+    schemas = {"members": members_scan.collect_schema(), "interactions": inter_scan.collect_schema()}
 
-    hist = inter.filter(~pl.col("action").is_in(cfg.history_exclude_actions))
-    keep = ["member_id", "item_id", "action", "timestamp"] + (["value"] if "value" in hist.columns else [])
-    lines = event_lines(hist.select(keep), itext).sort(["member_id", "timestamp", "item_id"])
-    hist_lists = lines.group_by("member_id", maintain_order=True).agg(
-        pl.col("timestamp").alias("hist_time"),
-        pl.col("action").alias("hist_action"),
-        *[pl.col(f"line_{s}").alias(f"hist_{s}") for s in STYLES],
-    )
-    labeled = label_events(inter, tasks)
-    kept_apart = label_events(inter, tasks, keep_held_out_apart=False).height - labeled.height
+    def partition(b: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+        members = _read_partition(scratch / "members", b, schemas["members"])
+        inter = _read_partition(scratch / "interactions", b, schemas["interactions"]).join(
+            item_types, on="item_id", how="left")
+        return members, inter
+
+    relabelled = None
     if relabel is not None:
-        labeled = relabel(labeled, members, items)
-    labeled = labeled.sort(["member_id", "task_id", "timestamp", "item_id"])
-    cand_lists = labeled.group_by("member_id", maintain_order=True).agg(
-        pl.col("task_id").alias("cand_task"),
-        pl.col("item_id").alias("cand_item"),
-        pl.col("timestamp").alias("cand_time"),
-        pl.col("split").alias("cand_split"),
-        pl.col("label").alias("cand_label"),
-    )
-    table = (
-        prof.join(cand_lists, on="member_id", how="inner")  # no question, no prompt
-        .join(hist_lists, on="member_id", how="left")
-        .with_columns(
-            (pl.col("member_id").hash(seed=7) % cfg.blocks).alias("__block")
-        )
-    )
+        relabelled = _relabel_all_partitions(partition, blocks, tasks, relabel, relabel_tasks,
+                                             split_dir, items)
+
     mdir = out_dir / "member_rows"
     mdir.mkdir(parents=True, exist_ok=True)
-    for b in range(cfg.blocks):
-        part = table.filter(pl.col("__block") == b).drop("__block").sort("member_id")
-        if part.height:
-            part.write_parquet(mdir / f"part-{b:05d}.parquet")
+    for old in mdir.glob("part-*.parquet"):  # a rerun with another partition count
+        old.unlink()
+    hints_dir = hints = None
+    if cfg.match_hints:
+        from components.promptify.matches import MatchHints, PartitionedMatchHints
+
+        hints_dir = out_dir / "match_hints"
+        hints = MatchHints.catalogue(pl.DataFrame(schema=schemas["members"]), items,
+                                     cfg.match_fields, cfg.match_history_fields)
+        PartitionedMatchHints.write_catalogue(hints_dir, hints, blocks)
+    held = [t.id for t in tasks if t.held_out]
+    count = dict.fromkeys(("members_with_questions", "events_in", "history_events", "labeled_events",
+                           "kept_apart", "held_out_train"), 0)
+    for b in range(blocks):
+        members, inter = partition(b)
+        prof = profile_texts(members, max_field_words=cfg.max_field_words)
+        hist = inter.filter(~pl.col("action").is_in(cfg.history_exclude_actions))
+        keep = ["member_id", "item_id", "action", "timestamp"] + (["value"] if "value" in hist.columns else [])
+        lines = event_lines(hist.select(keep), itext).sort(["member_id", "timestamp", "item_id"])
+        hist_lists = lines.group_by("member_id", maintain_order=True).agg(
+            pl.col("timestamp").alias("hist_time"),
+            pl.col("action").alias("hist_action"),
+            *[pl.col(f"line_{s}").alias(f"hist_{s}") for s in STYLES],
+        )
+        del lines
+        labeled = label_events(inter, tasks)
+        count["kept_apart"] += label_events(inter, tasks, keep_held_out_apart=False).height - labeled.height
+        if relabelled is not None:
+            mine = relabelled.pop(b, None)
+            if mine is None:
+                mine = labeled.clear() if relabel_tasks is None else labeled.filter(pl.lit(False))
+            labeled = mine if relabel_tasks is None else pl.concat(
+                [labeled.filter(~pl.col("task_id").is_in(list(relabel_tasks))), mine])
+        labeled = labeled.sort(["member_id", "task_id", "timestamp", "item_id"])
+        cand_lists = labeled.group_by("member_id", maintain_order=True).agg(
+            pl.col("task_id").alias("cand_task"),
+            pl.col("item_id").alias("cand_item"),
+            pl.col("timestamp").alias("cand_time"),
+            pl.col("split").alias("cand_split"),
+            pl.col("label").alias("cand_label"),
+        )
+        table = (prof.join(cand_lists, on="member_id", how="inner")  # no question, no prompt
+                 .join(hist_lists, on="member_id", how="left").sort("member_id"))
+        if table.height:
+            table.write_parquet(mdir / f"part-{b:05d}.parquet")
+        if hints is not None:
+            PartitionedMatchHints.write_part(
+                hints_dir, b, hints.with_members(members, items, hist.select("member_id", "item_id", "timestamp")))
+        count["members_with_questions"] += table.height
+        count["events_in"] += inter.height
+        count["history_events"] += hist.height
+        count["labeled_events"] += labeled.height
+        count["held_out_train"] += labeled.filter(
+            (pl.col("split") == "train") & pl.col("task_id").is_in(held)).height
+        del members, inter, prof, hist, hist_lists, labeled, cand_lists, table
+    shutil.rmtree(scratch, ignore_errors=True)
+
     itext_path = out_dir / "items_text.parquet"
     itext.select("item_id", "item_type", *[f"full_{s}" for s in STYLES]).write_parquet(itext_path)
     # the pool sampled negatives come from (see negatives.py)
-    pools = catalogue_pool(items, inter) if cfg.negative_pool == "catalogue" else impression_pool(inter, items)
     pools_path = out_dir / "item_pools.parquet"
-    pools.write_parquet(pools_path)
+    if cfg.negative_pool == "catalogue":
+        # each item's first event is all the catalogue pool reads of the log: aggregate it streaming
+        first = inter_scan.select("item_id", "timestamp").group_by("item_id").agg(
+            pl.col("timestamp").min()).collect(engine="streaming")
+        catalogue_pool(items, first).write_parquet(pools_path)
+    else:  # one row per logged event: written streaming, never held
+        impression_pool(inter_scan, items.lazy()).sink_parquet(pools_path)
     events_path = None
-    match_path = None
-    if cfg.match_hints:
-        from components.promptify.matches import MatchHints
-
-        match_path = out_dir / "match_hints.pkl"
-        hints = MatchHints.build(members, items, hist.select("member_id", "item_id", "timestamp"),
-                                 cfg.match_fields, cfg.match_history_fields)
-        with match_path.open("wb") as f:
-            pickle.dump(hints, f, protocol=pickle.HIGHEST_PROTOCOL)
     if cfg.item_stats:
         events_path = out_dir / "item_events.parquet"
-        inter.select("member_id", "item_id", "action", "timestamp",
-                     *(["value"] if "value" in inter.columns else [])).write_parquet(events_path)
-    held = {t.id for t in tasks if t.held_out}
+        inter_scan.select("member_id", "item_id", "action", "timestamp",
+                          *(["value"] if "value" in schemas["interactions"] else [])).sink_parquet(events_path)
     stats = {
-        "prepare.members_in": float(members.height),
-        "prepare.members_with_questions": float(table.height),
-        "prepare.members_without_task_events": float(members.height - table.height),
-        "prepare.events_in": float(inter.height),
-        "prepare.history_events": float(hist.height),
-        "prepare.history_excluded_events": float(inter.height - hist.height),
-        "prepare.labeled_events": float(labeled.height),
+        "prepare.members_in": float(members_in),
+        "prepare.members_with_questions": float(count["members_with_questions"]),
+        "prepare.members_without_task_events": float(members_in - count["members_with_questions"]),
+        "prepare.events_in": float(count["events_in"]),
+        "prepare.history_events": float(count["history_events"]),
+        "prepare.history_excluded_events": float(count["events_in"] - count["history_events"]),
+        "prepare.labeled_events": float(count["labeled_events"]),
         # events a held-out task answers, kept out of trained tasks' train/valid labels
-        "prepare.labels_kept_apart_for_zero_shot": float(kept_apart),
-        "prepare.labeled_events_held_out_train": float(
-            labeled.filter((pl.col("split") == "train") & pl.col("task_id").is_in(list(held))).height
-        ),
+        "prepare.labels_kept_apart_for_zero_shot": float(count["kept_apart"]),
+        "prepare.labeled_events_held_out_train": float(count["held_out_train"]),
     }
-    return PreparedData(mdir, itext_path, pools_path, events_path, match_path), stats
+    return PreparedData(mdir, itext_path, pools_path, events_path, hints_dir), stats
+
+
+def _relabel_all_partitions(
+    partition: Callable[[int], tuple[pl.DataFrame, pl.DataFrame]],
+    blocks: int,
+    tasks: Sequence[TaskSpec],
+    relabel: Callable[[pl.DataFrame, pl.DataFrame, pl.DataFrame], pl.DataFrame],
+    relabel_tasks: Sequence[str] | None,
+    split_dir: Path,
+    items: pl.DataFrame,
+) -> dict[int, pl.DataFrame]:
+    """``relabel`` over the labelled rows of ``relabel_tasks`` of every partition at once,
+    returned by partition.
+
+    A first pass over the partitions: steering ranks a task's candidates across all
+    members (its top quarter is positive), so relabelling each partition alone would
+    change the labels. Only those tasks' rows are held (a few tasks of the registry)."""
+    rows = []
+    for b in range(blocks):
+        _, inter = partition(b)
+        labeled = label_events(inter, tasks)
+        if relabel_tasks is not None:
+            labeled = labeled.filter(pl.col("task_id").is_in(list(relabel_tasks)))
+        rows.append(labeled)
+        del inter
+    labeled = pl.concat(rows)
+    del rows
+    out = relabel(labeled, pl.read_parquet(split_dir / "members"), items)
+    if out.height != labeled.height:
+        raise ValueError(f"relabel returned {out.height} rows for {labeled.height}: it may rewrite "
+                         f"labels only, keeping every row")
+    parts = out.with_columns(member_block(pl.col("member_id"), blocks).alias("__block")).partition_by(
+        "__block", as_dict=True, include_key=False, maintain_order=True)
+    return {int(k[0]): v for k, v in parts.items()}
 
 
 OUTPUT_SCHEMA = pa.schema([
@@ -319,8 +443,9 @@ class PromptBuilder:
             if prepared.match_hints is None:
                 raise ValueError("promptify.match_hints is on but the prepare stage wrote no match "
                                  "hints: rerun prepare with the same promptify config")
-            with Path(prepared.match_hints).open("rb") as f:
-                self.match_hints = pickle.load(f)
+            from components.promptify.matches import load_match_hints
+
+            self.match_hints = load_match_hints(Path(prepared.match_hints))
 
     # ------------------------------------------------------------------ one member
     def _member_examples(self, row: dict) -> list[dict]:
@@ -535,7 +660,14 @@ class PromptBuilder:
         return render(kept), kept, used
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = []
-        for row in batch.to_pylist():
-            rows.extend(self._member_examples(row))
-        return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
+        members = batch.to_pylist()
+        order: Sequence[int] = range(len(members))
+        if hasattr(self.match_hints, "locate") and members:
+            # Match hints are stored by member partition and a batch may span several: build
+            # partition by partition (each loaded once per batch), output in the batch's order.
+            blocks = self.match_hints.locate([m["member_id"] for m in members])
+            order = sorted(order, key=blocks.__getitem__)
+        built: list[list[dict]] = [[] for _ in members]
+        for i in order:
+            built[i] = self._member_examples(members[i])
+        return pa.Table.from_pylist([ex for rows in built for ex in rows], schema=OUTPUT_SCHEMA)

@@ -29,8 +29,11 @@ microseconds per candidate, cheap enough for the Ray Data map.
 
 from __future__ import annotations
 
+import pickle
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -79,6 +82,21 @@ def shared_fields(members: pl.DataFrame, items: pl.DataFrame,
     return out
 
 
+def _values(df: pl.DataFrame, key: str, cols: Iterable[str]) -> dict[str, dict[str, object]]:
+    """``{key: {column: normalised value}}`` (a frozenset for list columns; nulls left out)."""
+    cols = list(cols)
+    out: dict[str, dict[str, object]] = {}
+    for row in df.select(key, *cols).iter_rows(named=True):
+        vals = {}
+        for c in cols:
+            v = row[c]
+            if v is None:
+                continue
+            vals[c] = frozenset(_norm(x) for x in v if x is not None) if isinstance(v, list) else _norm(v)
+        out[row[key]] = vals
+    return out
+
+
 @dataclass
 class MatchHints:
     """Profile and history matches of (member, candidate, cutoff); see the module docstring."""
@@ -96,26 +114,28 @@ class MatchHints:
               history_fields: Sequence[str] | None = None) -> MatchHints:
         """From the split's members and items and the history events (``member_id``,
         ``item_id``, ``timestamp``: the events the prompt's history is drawn from)."""
+        return cls.catalogue(members, items, fields, history_fields).with_members(members, items, history)
+
+    @classmethod
+    def catalogue(cls, members: pl.DataFrame, items: pl.DataFrame,
+                  fields: Mapping[str, str] | None = None,
+                  history_fields: Sequence[str] | None = None) -> MatchHints:
+        """The member-independent half: the compared fields and every item's values, no
+        member yet (``members`` is read for its columns only). Catalogue-sized, so it is
+        built once however many member partitions follow (:meth:`with_members`)."""
         pairs = shared_fields(members, items, fields)
-        mcols = sorted(set(pairs))
         hf = tuple(c for c in (HISTORY_FIELDS if history_fields is None else history_fields)
                    if c in items.columns)
         icols = sorted(set(pairs.values()) | set(hf))
+        return cls(pairs, {}, _values(items, "item_id", icols), hf)
 
-        def values(df: pl.DataFrame, key: str, cols: Iterable[str]) -> dict[str, dict[str, object]]:
-            cols = list(cols)
-            out: dict[str, dict[str, object]] = {}
-            for row in df.select(key, *cols).iter_rows(named=True):
-                vals = {}
-                for c in cols:
-                    v = row[c]
-                    if v is None:
-                        continue
-                    vals[c] = frozenset(_norm(x) for x in v if x is not None) if isinstance(v, list) else _norm(v)
-                out[row[key]] = vals
-            return out
-
-        hints = cls(pairs, values(members, "member_id", mcols), values(items, "item_id", icols), hf)
+    def with_members(self, members: pl.DataFrame, items: pl.DataFrame,
+                     history: pl.DataFrame | None) -> MatchHints:
+        """These hints for ``members`` (a whole table or one member partition) and their
+        ``history`` events; shares the catalogue half with ``self``."""
+        hints = MatchHints(self.fields, _values(members, "member_id", sorted(set(self.fields))),
+                           self.item_values, self.history_fields)
+        hf = self.history_fields
         if hf and history is not None and history.height:
             ev = (history.select("member_id", "item_id", pl.col("timestamp").dt.epoch("us").alias("t"))
                   .join(items.select("item_id", *hf), on="item_id", how="inner"))
@@ -204,3 +224,91 @@ class MatchHints:
                 parts.append(("your history has " + ", ".join(f"{n} with this {c}" for c, n in hist))
                              if hist else "nothing like it in your history")
         return sep + sep.join(parts)
+
+
+class PartitionedMatchHints:
+    """:class:`MatchHints` stored by member partition, loaded by the partition asked for.
+
+    Why: the member half (profile values, history times) grows with the log; one pickle
+    of it for every member was loaded whole by every promptify worker. ``prepare`` writes
+    the catalogue half once (``catalogue.pkl``, with the partition count) and one
+    ``part-XXXXX.pkl`` per member partition, the same partitions as ``member_rows``
+    (:func:`components.promptify.examples.member_block`). A lookup finds the member's
+    partition by that hash, so any mix of members works (a Ray Data batch spanning
+    partitions, a Serve request); at most ``keep`` partitions stay in memory.
+    """
+
+    CATALOGUE = "catalogue.pkl"
+
+    def __init__(self, directory: Path, keep: int = 2) -> None:
+        self.directory = Path(directory)
+        path = self.directory / self.CATALOGUE
+        if not path.exists():
+            raise FileNotFoundError(f"match hints: {path} is missing; rerun the prepare stage "
+                                    f"with promptify.match_hints on")
+        with path.open("rb") as f:
+            self.blocks, self.catalogue = pickle.load(f)
+        self.keep = max(1, int(keep))
+        self._parts: OrderedDict[int, MatchHints] = OrderedDict()
+        self._block_of: dict[str, int] = {}
+
+    @staticmethod
+    def write_catalogue(directory: Path, catalogue: MatchHints, blocks: int) -> None:
+        """Write the catalogue half and the partition count (before any partition)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for old in directory.glob("part-*.pkl"):  # a rerun with another partition count
+            old.unlink()
+        with (directory / PartitionedMatchHints.CATALOGUE).open("wb") as f:
+            pickle.dump((blocks, catalogue), f, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @staticmethod
+    def write_part(directory: Path, block: int, hints: MatchHints) -> None:
+        """Write one partition's member half (``hints`` from :meth:`MatchHints.with_members`)."""
+        with (Path(directory) / f"part-{block:05d}.pkl").open("wb") as f:
+            pickle.dump((hints.member_values, hints.history_times), f, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def locate(self, member_ids: Sequence[str]) -> list[int]:
+        """The partition of each member (vectorised; remembered for :meth:`render`)."""
+        from components.promptify.examples import member_block
+
+        if len(self._block_of) > 1_000_000:  # a long-lived builder: bound the memo
+            self._block_of.clear()
+        out = member_block(pl.Series(list(member_ids), dtype=pl.String), self.blocks).to_list()
+        self._block_of.update(zip(member_ids, out, strict=True))
+        return out
+
+    def part(self, member_id: str) -> MatchHints:
+        """The hints of ``member_id``'s partition (loaded on first use, least recent evicted)."""
+        b = self._block_of.get(member_id)
+        if b is None:
+            b = self.locate([member_id])[0]
+        hints = self._parts.get(b)
+        if hints is None:
+            path = self.directory / f"part-{b:05d}.pkl"
+            member_values, history_times = {}, {}
+            if path.exists():  # no file: a partition without members
+                with path.open("rb") as f:
+                    member_values, history_times = pickle.load(f)
+            c = self.catalogue
+            hints = MatchHints(c.fields, member_values, c.item_values, c.history_fields, history_times)
+            self._parts[b] = hints
+            while len(self._parts) > self.keep:
+                self._parts.popitem(last=False)
+        else:
+            self._parts.move_to_end(b)
+        return hints
+
+    def render(self, member_id: str, item_id: str, cutoff_us: int, style: str) -> str:
+        """:meth:`MatchHints.render` for ``member_id``, from its partition."""
+        return self.part(member_id).render(member_id, item_id, cutoff_us, style)
+
+
+def load_match_hints(path: Path) -> MatchHints | PartitionedMatchHints:
+    """What ``prepare`` wrote: a directory of partitions, or one pickle (outputs of
+    ``prepare`` before it partitioned, still read)."""
+    path = Path(path)
+    if path.is_dir():
+        return PartitionedMatchHints(path)
+    with path.open("rb") as f:
+        return pickle.load(f)
