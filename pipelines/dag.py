@@ -19,8 +19,9 @@ Design (see docs/pipelines.md):
   stage (and says so) and resumes at the one that failed.
 * MLflow: one parent run per pipeline run (created by the driver), one child run per
   stage (created by the stage's Ray task, so long stages can log curves live), tagged
-  with git sha, config hash and stage key. Cached stages get a child run tagged
-  ``rankbrew.cached=true`` carrying the metrics of the run that built the artifact.
+  with git sha, config hash, stage key and the Ray node (id, IP) it ran on. Cached
+  stages get a child run tagged ``rankbrew.cached=true`` carrying the metrics of the
+  run that built the artifact.
 """
 
 from __future__ import annotations
@@ -43,6 +44,23 @@ from pipelines.keys import code_files, select_config, stage_key
 from pipelines.keys import fingerprint_paths as fingerprint_paths  # re-exported: stages use it
 
 MANIFEST = "_rankbrew_manifest.json"
+
+# Beside the tags of components.tracking (TAG_STAGE, ...): which Ray node ran the stage's
+# task, so a multi-node run shows in MLflow where each stage happened.
+TAG_NODE_ID = "rankbrew.node_id"
+TAG_NODE_IP = "rankbrew.node_ip"
+
+
+def ray_node_tags() -> dict[str, str]:
+    """``{TAG_NODE_ID: ..., TAG_NODE_IP: ...}`` of the Ray node this process runs on; empty
+    outside Ray (``execute_stage`` also runs without it)."""
+    import sys
+
+    ray = sys.modules.get("ray")  # never import Ray here: a stage run without it has no node
+    if ray is None or not ray.is_initialized():
+        return {}
+    return {TAG_NODE_ID: ray.get_runtime_context().get_node_id(),
+            TAG_NODE_IP: ray.util.get_node_ip_address()}
 
 
 @dataclass
@@ -205,6 +223,7 @@ def execute_stage(stage: Stage, cfg: PipelineConfig, info: RunInfo, *upstream: S
         tracking.TAG_STAGE_KEY: key,
         tracking.TAG_CACHED: str(cached).lower(),
         tracking.TAG_KIND: "stage",
+        **ray_node_tags(),
     }
 
     def body(run_id: str | None) -> StageResult:

@@ -59,7 +59,8 @@ def _run(ctx: StageContext, stage: str, data_update: dict[str, Any],
         storage_path=ctx.resume_dir.resolve(), name=stage, num_workers=tcfg.num_workers,
         cpus_per_worker=tcfg.cpus_per_worker, use_gpu=tcfg.use_gpu,
         max_failures=tcfg.max_failures, mlflow_run_id=ctx.mlflow_run_id,
-        mlflow_tracking_uri=uri if ctx.mlflow_run_id else None, teacher_model=teacher_model)
+        mlflow_tracking_uri=uri if ctx.mlflow_run_id else None, teacher_model=teacher_model,
+        placement_strategy=tcfg.placement_strategy)
     dest = ctx.out_dir / MODEL_DIR
     shutil.copytree(out.model_dir, dest)
     (ctx.out_dir / "history.json").write_text(json.dumps(out.history))

@@ -31,9 +31,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.train.config import Stage, TrainConfig, TrainDataConfig
+from components.train.config import (
+    DEFAULT_PLACEMENT,
+    Placement,
+    Stage,
+    TrainConfig,
+    TrainDataConfig,
+)
 
 FINAL_MODEL_DIR = "final_model"
+
+# MLflow tags on the stage's run (beside components.tracking's TAG_* and pipelines.dag's
+# TAG_NODE_ID): where the worker group ran, so a multi-node run shows that FSDP2 crossed nodes.
+#: ``{"0": node id, "1": node id, ...}`` (world rank -> Ray node id) of the latest attempt.
+TAG_TRAIN_NODE_IDS = "rankbrew.train_node_ids"
+#: JSON list, one entry per worker-group attempt: ``{"from_checkpoint": "step_000004" or
+#: null, "node_ids": {...}}``; a restart after a lost node shows as a second entry.
+TAG_TRAIN_PLACEMENTS = "rankbrew.train_placements"
+#: ``train.placement_strategy`` the group was placed with.
+TAG_TRAIN_PLACEMENT_STRATEGY = "rankbrew.train_placement_strategy"
+#: Attempts kept in TAG_TRAIN_PLACEMENTS (MLflow caps a tag value at 8,000 characters).
+MAX_PLACEMENTS_KEPT = 20
 
 
 @dataclass
@@ -48,6 +66,8 @@ class TrainingOutput:
     resumed_from_step: int | None
     data_stats: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    #: world rank -> Ray node id of the attempt that finished
+    worker_node_ids: dict[int, str] = field(default_factory=dict)
 
 
 def build_datasets(stage: str, data: TrainDataConfig, tokenizer, yes_id: int, no_id: int):
@@ -121,6 +141,35 @@ def load_base_model(base_model: str | Path | dict[str, Any] | None, vocab_size: 
     return model
 
 
+def worker_node_ids() -> dict[int, str]:
+    """World rank -> Ray node id of every worker of this group (a collective: call it on
+    every rank at the same point). One worker without a process group: its own id."""
+    import ray
+    import torch.distributed as dist
+
+    node_id = ray.get_runtime_context().get_node_id()
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return {0: node_id}
+    ids: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(ids, node_id)
+    return dict(enumerate(ids))
+
+
+def record_placement(client: Any, run_id: str, node_ids: dict[int, str],
+                     from_checkpoint: str | None, strategy: str) -> None:
+    """Tag the stage's MLflow run with this attempt's placement (rank 0, once per attempt:
+    a restarted group appends to :data:`TAG_TRAIN_PLACEMENTS`)."""
+    import json
+
+    by_rank = {str(r): n for r, n in sorted(node_ids.items())}
+    previous = client.get_run(run_id).data.tags.get(TAG_TRAIN_PLACEMENTS)
+    attempts = json.loads(previous) if previous else []
+    attempts.append({"from_checkpoint": from_checkpoint, "node_ids": by_rank})
+    client.set_tag(run_id, TAG_TRAIN_NODE_IDS, json.dumps(by_rank))
+    client.set_tag(run_id, TAG_TRAIN_PLACEMENTS, json.dumps(attempts[-MAX_PLACEMENTS_KEPT:]))
+    client.set_tag(run_id, TAG_TRAIN_PLACEMENT_STRATEGY, strategy)
+
+
 def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """The per-worker function Ray Train runs (every rank)."""
     import ray.train
@@ -159,6 +208,11 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         from mlflow.tracking import MlflowClient  # lazy: MLflow is optional
 
         mlflow_client = MlflowClient(tracking_uri=config.get("mlflow_tracking_uri"))
+    node_ids = worker_node_ids()
+    if mlflow_client is not None:
+        record_placement(mlflow_client, config["mlflow_run_id"], node_ids,
+                         Path(ckpt.path).name if ckpt is not None else None,
+                         config["placement_strategy"])
 
     def on_log(metrics: dict[str, float]) -> None:
         if rank == 0 and "loss" in metrics:
@@ -213,7 +267,8 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     if rank != 0:
         return None
     return {"model_dir": str(out), "history": result.history, "evals": result.evals,
-            "resumed_from_step": result.resumed_from_step, "data_stats": stats}
+            "resumed_from_step": result.resumed_from_step, "data_stats": stats,
+            "worker_node_ids": node_ids}
 
 
 def run_training(stage: Stage, *, data: TrainDataConfig, train: TrainConfig | None = None,
@@ -223,7 +278,8 @@ def run_training(stage: Stage, *, data: TrainDataConfig, train: TrainConfig | No
                  max_failures: int = 2, num_to_keep: int = 2, commit_checkpoints: bool = True,
                  mlflow_run_id: str | None = None, mlflow_tracking_uri: str | None = None,
                  fault_injection: dict[str, Any] | None = None,
-                 teacher_model: str | Path | None = None) -> TrainingOutput:
+                 teacher_model: str | Path | None = None,
+                 placement_strategy: Placement = DEFAULT_PLACEMENT) -> TrainingOutput:
     """Train one stage on a Ray Train worker group; returns the final model and metrics.
 
     Args:
@@ -246,6 +302,10 @@ def run_training(stage: Stage, *, data: TrainDataConfig, train: TrainConfig | No
             committed it (up to its ~2 s poll), so a failure right after a checkpoint
             resumes from that checkpoint and not the one before.
         fault_injection: tests only: ``{"rank", "step", "marker"}`` kills that rank once.
+        placement_strategy: Ray's placement of the worker group (``train.placement_strategy``):
+            ``"STRICT_SPREAD"`` puts each worker on its own node. Where the group ran is
+            tagged on ``mlflow_run_id`` (:data:`TAG_TRAIN_NODE_IDS`, one entry per attempt
+            in :data:`TAG_TRAIN_PLACEMENTS`) and returned as ``worker_node_ids``.
 
     Raises ``RuntimeError`` naming the worker error if training failed after
     ``max_failures`` restarts.
@@ -270,6 +330,8 @@ def run_training(stage: Stage, *, data: TrainDataConfig, train: TrainConfig | No
     if cpus_per_worker is None:
         total = float(ray.cluster_resources().get("CPU", num_workers))
         cpus_per_worker = max(0.1, min(1.0, total / (num_workers + 1)))
+    if placement_strategy == "STRICT_SPREAD":
+        _say_if_too_few_nodes(name, num_workers, cpus_per_worker)
     final_dir = storage_path / name / FINAL_MODEL_DIR
     config = {
         "stage": stage,
@@ -287,6 +349,7 @@ def run_training(stage: Stage, *, data: TrainDataConfig, train: TrainConfig | No
         "fault_injection": fault_injection,
         "teacher_model": str(Path(teacher_model).resolve()) if teacher_model else None,
         "commit_checkpoints": commit_checkpoints,
+        "placement_strategy": placement_strategy,
     }
     resources = {"CPU": cpus_per_worker}
     if use_gpu:
@@ -296,7 +359,8 @@ def run_training(stage: Stage, *, data: TrainDataConfig, train: TrainConfig | No
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources,
+                                     placement_strategy=placement_strategy),
         run_config=RunConfig(
             storage_path=str(storage_path), name=name,
             checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep),
@@ -320,7 +384,25 @@ def run_training(stage: Stage, *, data: TrainDataConfig, train: TrainConfig | No
         resumed_from_step=ret.get("resumed_from_step"),
         data_stats=ret.get("data_stats", {}),
         seconds=seconds,
+        worker_node_ids={int(r): n for r, n in (ret.get("worker_node_ids") or {}).items()},
     )
+
+
+def _say_if_too_few_nodes(name: str, num_workers: int, cpus_per_worker: float) -> None:
+    """STRICT_SPREAD on fewer nodes than workers does not fail: Ray Train waits for nodes
+    (an autoscaler may add them). Say so on the console instead of hanging silently."""
+    import ray
+
+    from pipelines.console import emit
+
+    fit = [n for n in ray.nodes()
+           if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= cpus_per_worker]
+    if len(fit) < num_workers:
+        msg = (f"train.placement_strategy=STRICT_SPREAD needs one node per worker: "
+               f"{num_workers} workers, {len(fit)} alive node(s) with {cpus_per_worker:g} CPU; "
+               f"waiting for nodes (add them, or set train.placement_strategy=SPREAD or PACK)")
+        print(f"[{name}] {msg}", flush=True)
+        emit("note", name, msg=msg)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,12 +11,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from components.config_base import StrictModel
 
 Layout = Literal["sequential", "multi_item"]
 Stage = Literal["cpt", "sft", "align", "distill"]
+#: Ray placement-group strategies for the Train worker group (Ray's names).
+Placement = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+#: Today's placement; a profile that leaves it so serializes without the field.
+DEFAULT_PLACEMENT: Placement = "PACK"
 
 
 class TrainDataConfig(StrictModel):
@@ -140,6 +144,13 @@ class TrainingConfig(StrictModel):
     use_gpu: bool = Field(False, description="One GPU per worker, NCCL, bf16 autocast.")
     max_failures: int = Field(2, ge=0, description="Worker-group restarts from the last "
                               "checkpoint before a stage fails.")
+    placement_strategy: Placement = Field(
+        DEFAULT_PLACEMENT, description="Where Ray puts the Train workers (ScalingConfig."
+        "placement_strategy). PACK: as few nodes as possible (one machine: all of them); "
+        "SPREAD: across nodes when it can; STRICT_SPREAD: one worker per node, so FSDP2's "
+        "gradients and shards cross the network (needs at least num_workers nodes, else the "
+        "stage waits for them). Not in any stage's cache key: placement does not change "
+        "what a stage computes.")
     data: TrainDataConfig = TrainDataConfig()
     cpt: TrainConfig = TrainConfig(stage="cpt")
     sft: TrainConfig = TrainConfig(stage="sft")
@@ -161,6 +172,16 @@ class TrainingConfig(StrictModel):
                 if isinstance(raw.get(stage), dict):
                     raw[stage] = {**raw[stage], "stage": stage}
         return raw
+
+    @model_serializer(mode="wrap")
+    def _omit_default_placement(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left at PACK, the field is not written: config_hash of every profile (the
+        # rankbrew.config_hash tag, `rankbrew config`) stays what it was before the field
+        # existed, and reading the dump back gives PACK again.
+        out = handler(self)
+        if out.get("placement_strategy") == DEFAULT_PLACEMENT:
+            del out["placement_strategy"]
+        return out
 
     @model_validator(mode="after")
     def _no_dirs(self) -> TrainingConfig:
