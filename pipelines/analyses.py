@@ -173,7 +173,7 @@ class AnalysisRunLogger:
     """One MLflow run per analysis, nested under the analysed pipeline run when there is
     one, carrying that run's git sha, config hash and profile tags."""
 
-    def __init__(self, tracking_uri: str, art: RunArtifacts, experiment: str, artifacts_root: Path):
+    def __init__(self, tracking_uri: str, art: RunArtifacts, experiment: str, artifacts_root: str | None):
         tracking.configure(tracking_uri)
         from mlflow.tracking import MlflowClient
 
@@ -216,7 +216,8 @@ def analyze(cfg: PipelineConfig, art: RunArtifacts, only: Sequence[str] | None =
     root = Path(out_root or Path(cfg.run.work_dir) / "analyses") / art.key
     logger = None
     if tracking_uri is not None:
-        logger = AnalysisRunLogger(tracking_uri, art, cfg.run.name, Path(cfg.run.work_dir) / "mlartifacts")
+        logger = AnalysisRunLogger(tracking_uri, art, cfg.run.name, tracking.artifact_root(
+            tracking_uri, Path(cfg.run.work_dir), cfg.run.mlflow_artifact_root))
 
     def log_to_mlflow(result: AnalysisResult) -> None:
         if logger is not None:

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from components.config import ConfigError, PipelineConfig, config_hash, load_config
+from components.tracking import TrackingServerError
 
 app = typer.Typer(
     help="rankbrew: an open platform for LLM-based personalized ranking (360Brew-style).",
@@ -67,9 +68,30 @@ def run(
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show Ray's driver and worker "
                                           "output and every stage log line (they always go to the run log).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve every path and print the plan "
+                                          "(stages, cache hits, resources per stage); start nothing. "
+                                          "Exits 1 when a path cannot be used.")] = False,
 ) -> None:
     """Run the pipeline for a profile; finished stages are reused from the artifact cache."""
-    _run_pipeline(_load(profile, set_), profile, force, stop_after, verbose)
+    cfg = _load(profile, set_)
+    if dry_run:
+        _dry_run(cfg, profile, force, stop_after)
+        return
+    _run_pipeline(cfg, profile, force, stop_after, verbose)
+
+
+def _dry_run(cfg: PipelineConfig, profile: str, force: list[str] | None, stop_after: str | None) -> None:
+    from pipelines.plan import plan_run, render
+    from pipelines.stages import build_pipeline
+
+    try:
+        plan = plan_run(build_pipeline(cfg), cfg, profile=profile, force=force or (), stop_after=stop_after)
+    except ValueError as err:
+        console.print(f"[red]{err}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    render(plan, console)
+    if plan.problems():
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -109,6 +131,9 @@ def _run_pipeline(cfg: PipelineConfig, profile: str, force: list[str] | None, st
     try:
         result = run_pipeline(pipeline, cfg, profile=profile, force=force or (), stop_after=stop_after,
                               console=console, verbose=verbose)
+    except TrackingServerError as err:
+        console.print(str(err), style="red", markup=False, highlight=False)
+        raise typer.Exit(1) from None
     except PipelineError as err:
         console.print(str(err), style="red", markup=False, highlight=False)
         import shlex
@@ -122,7 +147,12 @@ def _run_pipeline(cfg: PipelineConfig, profile: str, force: list[str] | None, st
     if result.log_path is not None:
         console.print(f"log:      {result.log_path}  (Ray's logs: {result.log_path.with_suffix('.ray')})")
     console.print(f"MLflow:   {result.tracking_uri}  (parent run {result.parent_run_id})")
-    console.print(f"browse:   make mlflow-ui   (mlflow ui --backend-store-uri {result.tracking_uri})")
+    from components.tracking import is_server
+
+    if is_server(result.tracking_uri):
+        console.print(f"browse:   {result.tracking_uri}  (the tracking server's UI)")
+    else:
+        console.print(f"browse:   make mlflow-ui   (mlflow ui --backend-store-uri {result.tracking_uri})")
     evaluation = result.results.get("evaluate")
     if evaluation is not None:
         from pipelines.eval_stage import console_summary, summary_path
@@ -205,8 +235,8 @@ def compare(
             result = compare_many(uri, experiment or cfg.run.name, run_ids or None, last)
         else:
             result = compare_runs(uri, experiment or cfg.run.name, run_id, against)
-    except CompareError as err:
-        console.print(f"[red]{err}[/red]")
+    except (CompareError, TrackingServerError) as err:
+        console.print(str(err), style="red", markup=False, highlight=False)
         raise typer.Exit(1) from None
     console.print(result.markdown, markup=False, highlight=False)
 
@@ -272,8 +302,8 @@ def analyze(
                       f"{art.model_dir}")
         results = run_analyses(cfg, art, names, tracking_uri=uri, out_root=work_dir / "analyses",
                                log=lambda m: console.print(m, markup=False, highlight=False))
-    except (AnalysisError, ConfigError) as err:
-        console.print(f"[red]{err}[/red]")
+    except (AnalysisError, ConfigError, TrackingServerError) as err:
+        console.print(str(err), style="red", markup=False, highlight=False)
         raise typer.Exit(1) from None
     console.print()
     for r in results:

@@ -216,6 +216,17 @@ def execute_stage(stage: Stage, cfg: PipelineConfig, info: RunInfo, *upstream: S
     key = stage_key(stage, cfg, {r.name: r.key for r in upstream}, code)
     final = info.artifacts_root / stage.name / key
     manifest_path = final / MANIFEST
+    store = None
+    if cfg.run.artifact_root:  # published stage artifacts (pipelines/artifact_store.py)
+        from pipelines.artifact_store import ArtifactStore
+
+        store = ArtifactStore(cfg.run.artifact_root, MANIFEST)
+        for r in upstream:  # a node without the shared work dir: its inputs from the store
+            if not r.path.exists() and not store.restore(r.name, r.key, r.path):
+                raise FileNotFoundError(f"stage '{stage.name}': input '{r.name}' is neither at "
+                                        f"{r.path} nor in run.artifact_root {store.uri}")
+    restored = (store is not None and stage.name not in info.force and not manifest_path.exists()
+                and store.restore(stage.name, key, final))
     cached = manifest_path.exists() and stage.name not in info.force
     tags = {
         **info.tags,
@@ -230,7 +241,8 @@ def execute_stage(stage: Stage, cfg: PipelineConfig, info: RunInfo, *upstream: S
         if cached:
             manifest = json.loads(manifest_path.read_text())
             metrics = manifest.get("metrics", {})
-            print(f"[{stage.name}] cached: reusing {final} (key {key})", flush=True)
+            print(f"[{stage.name}] cached: reusing {final} (key {key})"
+                  + (f", restored from {store.uri}" if restored else ""), flush=True)
             emit("cached", stage.name, key=key, path=str(final), metrics=metrics)
         else:
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -259,6 +271,8 @@ def execute_stage(stage: Stage, cfg: PipelineConfig, info: RunInfo, *upstream: S
             if final.exists():  # a forced rerun replaces the old artifact
                 shutil.rmtree(final)
             os.replace(tmp, final)
+        if store is not None and not store.has(stage.name, key):
+            store.publish(final, stage.name, key)  # manifest last: a cut upload is not "finished"
         seconds = time.perf_counter() - t0
         if run_id is not None:
             import mlflow

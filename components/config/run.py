@@ -23,6 +23,11 @@ class RunConfig(StrictModel):
     mlflow_tracking_uri: str | None = Field(
         None, description="Defaults to sqlite:///<work_dir>/mlflow.db (absolute, so Ray workers agree)."
     )
+    artifact_root: str | None = Field(
+        None, description="Also publish every finished stage artifact here, and restore from "
+        "here what <work_dir>/artifacts lacks: a path or a pyarrow.fs URI (file://, "
+        "s3://<bucket>/<prefix>, gs://<bucket>/<prefix>), so a new cluster or a node without "
+        "the shared work dir reuses finished stages. null: the work dir only.")
     mlflow_artifact_root: str | None = Field(
         None, description="Artifact location of a new MLflow experiment (s3://, gs://, a "
         "path). Default: <work_dir>/mlartifacts with a local store; the tracking server's own "
