@@ -54,9 +54,9 @@ def evaluate_stage_runs(client, experiment: str, run_ids: list[str]) -> list:
     return out
 
 
-def free_port() -> int:
+def free_port(host: str) -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -83,7 +83,11 @@ def main() -> None:
     ap.add_argument("--experiment", default=local.run.name, help="default: the local profile's run.name")
     ap.add_argument("--runs", nargs=2, metavar="RUN_ID", default=[], help="two pipeline run ids (A B)")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "img" / "mlflow-compare.png")
-    ap.add_argument("--window-size", default="1600,1000", help="Chromium's WIDTH,HEIGHT in pixels")
+    ap.add_argument("--window-size", default="1600,2400",
+                    help="Chromium's WIDTH,HEIGHT in pixels (2400 high: run details, params, metrics, artifacts)")
+    ap.add_argument("--host", default="127.0.0.2",
+                    help="loopback address to serve on; not 127.0.0.1 or localhost, where MLflow 3.x opens "
+                         "its assistant panel over the page on first load")
     ap.add_argument("--wait-ms", type=int, default=20000,
                     help="Chromium's --virtual-time-budget: how long the page may load before the shot")
     args = ap.parse_args()
@@ -95,23 +99,30 @@ def main() -> None:
     stages = evaluate_stage_runs(client, args.experiment, args.runs)
     query = urllib.parse.urlencode({"runs": json.dumps([r.info.run_id for r in stages], separators=(",", ":")),
                                     "experiments": json.dumps(sorted({r.info.experiment_id for r in stages}), separators=(",", ":"))})
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/#/compare-runs?{query}"
+    port = free_port(args.host)
+    origin = f"http://{args.host}:{port}"
+    url = f"{origin}/#/compare-runs?{query}"
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # the security middleware refuses other hosts and cross-origin POSTs: allow exactly this origin
     server = subprocess.Popen([str(mlflow_bin), "ui", "--backend-store-uri", args.tracking_uri,
-                               "--host", "127.0.0.1", "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                               "--host", args.host, "--port", str(port), "--workers", "1",
+                               "--allowed-hosts", f"{args.host}:{port}", "--cors-allowed-origins", origin],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_for(f"http://127.0.0.1:{port}/health", 120, server)
+        wait_for(f"{origin}/health", 300, server)  # a minute or more on a busy 2-core machine
         args.out.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                         f"--window-size={args.window_size}", f"--virtual-time-budget={args.wait_ms}",
                         f"--screenshot={args.out.resolve()}", url],
                        check=True, timeout=180, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # mlflow ui forks workers: stop the whole group
-        server.wait(timeout=30)
+        os.killpg(server.pid, signal.SIGTERM)  # mlflow ui forks uvicorn: stop the whole group
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
     print(f"{args.out}  <- {url}")
     for r in stages:
         print(f"  evaluate stage run {r.info.run_id} of pipeline run {r.data.tags.get('mlflow.parentRunId')}")
