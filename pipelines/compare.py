@@ -203,7 +203,9 @@ def latest_evaluated_run(client, experiment: str) -> EvaluatedRun:
                        f"evaluate stages enabled")
 
 
-def _client(tracking_uri: str):
+def client_for(tracking_uri: str):
+    """An ``MlflowClient`` on ``tracking_uri``; a missing SQLite file is a :class:`CompareError`
+    (MLflow would create an empty store and report no runs). Used by the notebook too."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in the table
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri.removeprefix("sqlite:///"))
@@ -247,7 +249,7 @@ def compare(tracking_uri: str, experiment: str | None = None, run_id: str | None
             against: str | None = None) -> Comparison:
     """Tables of pipeline run ``run_id`` (default: the newest evaluated run of
     ``experiment``), or of it side by side with run ``against``."""
-    client = _client(tracking_uri)
+    client = client_for(tracking_uri)
     if run_id is None:
         if experiment is None:
             raise CompareError("give --run RUN_ID or an experiment (--experiment / --profile)")
@@ -316,7 +318,7 @@ def compare_many(tracking_uri: str, experiment: str | None = None, run_ids: list
     (``alpha``), and each run's own paired member-bootstrap interval. Runs that share one
     evaluation (a cached evaluate stage) count once. Needs at least two distinct
     evaluations."""
-    client = _client(tracking_uri)
+    client = client_for(tracking_uri)
     skipped: list[str] = []
     if run_ids:
         runs, seen = [], {}

@@ -95,7 +95,7 @@ def main() -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         raise SystemExit("chromium not found on PATH: install it (Debian: `apt-get install chromium`)")
-    client = cmp._client(args.tracking_uri)  # refuses a missing sqlite file
+    client = cmp.client_for(args.tracking_uri)  # refuses a missing sqlite file
     stages = evaluate_stage_runs(client, args.experiment, args.runs)
     query = urllib.parse.urlencode({"runs": json.dumps([r.info.run_id for r in stages], separators=(",", ":")),
                                     "experiments": json.dumps(sorted({r.info.experiment_id for r in stages}), separators=(",", ":"))})
