@@ -39,8 +39,11 @@ def _ray_init(cfg: PipelineConfig, env: dict[str, str], log_to_driver: bool = Tr
         "runtime_env": {"env_vars": env},
         "log_to_driver": log_to_driver,
     }
-    if cfg.ray.address:
-        kwargs["address"] = cfg.ray.address
+    # RAY_ADDRESS joins a cluster even when the profile says "local Ray" (ray.init reads it
+    # too): a CPU count is then the cluster's business, and ray.init refuses one
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        kwargs["address"] = address
     elif cfg.ray.num_cpus:
         kwargs["num_cpus"] = cfg.ray.num_cpus
     ray.init(**kwargs)

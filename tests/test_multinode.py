@@ -175,8 +175,8 @@ def _rankbrew_run(profile: Path, work: Path, cluster: Cluster, log: Path) -> sub
     """``rankbrew run`` of the tiny teacher up to cpt, on the cluster (RAY_ADDRESS), with
     the Train workers one per node."""
     sets = {"run.work_dir": str(work), "run.name": "multinode",
-            # joining a cluster: a local Ray's CPU count is refused by ray.init
-            "ray.num_cpus": None, "ray.include_dashboard": False,
+            # the local profile as is (its ray.num_cpus: 2): RAY_ADDRESS alone joins the cluster
+            "ray.include_dashboard": False,
             "train.placement_strategy": "STRICT_SPREAD",
             "train.cpt.max_steps": CPT_STEPS, "train.cpt.checkpoint_every": 2}
     cli = [str(BIN / "rankbrew")] if (BIN / "rankbrew").exists() else [
