@@ -93,10 +93,10 @@ def main() -> None:
     from components.data.synthetic import ALL_ACTIONS, generate_world
     from components.data.validate import validate_dataset
     from components.promptify.examples import member_blocks, prepare_member_table
-    from components.promptify.steering import steering_relabel
     from components.promptify.tasks import load_tasks
     from components.promptify.tokenizer import train_bpe_tokenizer
     from pipelines.promptify_job import run_promptify_job
+    from pipelines.stages import steering_by_partition
 
     root = args.root / f"m{args.members}"
     shutil.rmtree(root, ignore_errors=True)
@@ -111,13 +111,11 @@ def main() -> None:
 
     tasks = load_tasks().for_domain("professional")
     cfg = default.promptify  # the embedded default's: match hints on, 8 partitions at least
-    steered = [t.id for t in tasks if t.steering]
-
-    def relabel(labeled, members, items):  # as the pipeline's prepare stage does
-        return steering_relabel(labeled, tasks, members, items, world)
-
+    # the steering relabel as the pipeline's prepare stage runs it (streamed by partition)
+    relabel = steering_by_partition(default.model_copy(update={"data": default.data.model_copy(
+        update={"synthetic": world})}), tasks)
     prepared, stats = _timed("prepare", timings, prepare_member_table, root / "split", tasks, cfg,
-                             root / "prep", relabel=relabel, relabel_tasks=steered)
+                             root / "prep", relabel=relabel)
     if args.prepare_only:
         print(json.dumps({"members": args.members, "blocks": member_blocks(cfg, args.members),
                           "load_average": os.getloadavg()[0], **timings, **stats}, indent=1))

@@ -115,22 +115,33 @@ def _tasks_fingerprint(cfg: PipelineConfig) -> str:
     return config_hash({str(f.name): f.read_text() for f in files})
 
 
+def steering_by_partition(cfg: PipelineConfig, tasks):
+    """The steering tasks' relabel (``steering_relabel``'s rule: a task's top quarter by
+    the named criteria, ties by the full hidden utility) as a ``RankedRelabel``, which
+    ``prepare`` streams by member partition; None without steering tasks or synthetic data."""
+    from components.promptify.examples import RankedRelabel
+
+    criteria = {t.id: t.steering for t in tasks if t.steering}
+    if cfg.data.source != "synthetic" or not criteria:
+        return None
+    from components.data.synthetic import steering_weights, utility, utility_components
+
+    world = cfg.data.synthetic
+
+    def score(rows, task_id, members, items):
+        comps = utility_components(members, items, rows.select("member_id", "item_id", "timestamp"), world)
+        return utility(comps, steering_weights(criteria[task_id])).to_numpy(), utility(comps).to_numpy()
+
+    return RankedRelabel(tuple(criteria), score, top_fraction=0.25)  # steering_relabel's default
+
+
 def prepare(ctx: StageContext) -> dict[str, float]:
     """Labels every event for every task and verbalizes events/items (vectorized Polars)."""
     from components.promptify.examples import prepare_member_table
 
     tasks = load_pipeline_tasks(ctx.cfg)
-    relabel = None
-    steered = [t.id for t in tasks if t.steering]
-    if ctx.cfg.data.source == "synthetic" and steered:
-        from components.promptify.steering import steering_relabel
-
-        def relabel(labeled, members, items):
-            return steering_relabel(labeled, tasks, members, items, ctx.cfg.data.synthetic)
-
-    # only the steering tasks' rows are relabelled, so only they are gathered over partitions
     _, stats = prepare_member_table(ctx.inputs["split"], tasks, ctx.cfg.promptify, ctx.out_dir,
-                                    relabel=relabel, relabel_tasks=steered)
+                                    relabel=steering_by_partition(ctx.cfg, tasks))
     ctx.log(f"{len(tasks)} tasks; {stats}")
     return {**stats, "tasks": float(len(tasks)), "tasks_held_out": float(sum(t.held_out for t in tasks))}
 

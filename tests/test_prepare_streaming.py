@@ -27,6 +27,7 @@ from components.data.validate import validate_dataset
 from components.promptify.examples import (
     PreparedData,
     PromptBuilder,
+    RankedRelabel,
     label_events,
     member_blocks,
     prepare_member_table,
@@ -37,6 +38,7 @@ from components.promptify.steering import steering_relabel
 from components.promptify.tasks import TaskSpec, load_tasks
 from components.promptify.tokenizer import train_bpe_tokenizer
 from components.promptify.verbalize import STYLES, event_lines, item_texts, profile_texts
+from pipelines.stages import steering_by_partition
 
 MEMBERS = 600
 
@@ -141,8 +143,11 @@ def world(tmp_path_factory):
     cfg = default.promptify
     assert cfg.match_hints and member_blocks(cfg, MEMBERS) == cfg.blocks
     old, old_stats = _prepare_whole_log(root / "split", tasks, cfg, root / "old", relabel)
+    streamed = steering_by_partition(default.model_copy(update={"data": default.data.model_copy(
+        update={"synthetic": wcfg})}), tasks)
+    assert isinstance(streamed, RankedRelabel) and set(streamed.tasks) == set(steered)
     return {"root": root, "tasks": tasks, "cfg": cfg, "relabel": relabel, "steered": steered,
-            "old": old, "old_stats": old_stats}
+            "streamed": streamed, "old": old, "old_stats": old_stats}
 
 
 def _hints_equal(old: MatchHints, new: PartitionedMatchHints) -> None:
@@ -164,8 +169,9 @@ def _hints_equal(old: MatchHints, new: PartitionedMatchHints) -> None:
 
 @pytest.mark.timeout(300)
 def test_embedded_default_writes_the_same_files_and_stats(world, tmp_path):
+    """The pipeline's path: steering streamed by partition (RankedRelabel)."""
     new, stats = prepare_member_table(world["root"] / "split", world["tasks"], world["cfg"], tmp_path / "new",
-                                      relabel=world["relabel"], relabel_tasks=world["steered"])
+                                      relabel=world["streamed"])
     old = world["old"]
     assert stats == world["old_stats"]
     names = sorted(p.name for p in old.members_dir.glob("*.parquet"))
@@ -188,11 +194,17 @@ def test_embedded_default_writes_the_same_files_and_stats(world, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_more_partitions_same_rows_and_hints_and_prompts_across_partitions(world, tmp_path):
+    """12 partitions; steering through the gathered callable (steering_relabel itself)."""
     cfg = world["cfg"].model_copy(update={"members_per_block": 50})
     blocks = member_blocks(cfg, MEMBERS)
     assert blocks == 12
     new, stats = prepare_member_table(world["root"] / "split", world["tasks"], cfg, tmp_path / "new",
                                       relabel=world["relabel"], relabel_tasks=world["steered"])
+    streamed, _ = prepare_member_table(world["root"] / "split", world["tasks"],
+                                       cfg.model_copy(update={"match_hints": False}), tmp_path / "streamed",
+                                       relabel=world["streamed"])
+    for f in sorted(new.members_dir.glob("*.parquet")):
+        assert_frame_equal(pl.read_parquet(streamed.members_dir / f.name), pl.read_parquet(f))
     assert stats == world["old_stats"]
     assert len(list(new.members_dir.glob("*.parquet"))) == blocks
     rows = pl.read_parquet(new.members_dir).sort("member_id")

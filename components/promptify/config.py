@@ -60,7 +60,7 @@ class PromptifyConfig(StrictModel):
     members_per_block: int = Field(
         20_000, ge=1, description="Most members per partition: prepare uses max(blocks, "
         "ceil(members / members_per_block)) partitions, so its memory follows a partition, "
-        "not the log (about 0.11 MB per member at the peak, measured at 100k members).")
+        "not the log (docs/benchmarks.md 'Prepare + promptify at scale').")
     seed: int = 0
     item_stats: bool = Field(
         False, description="Verbalize as-of item statistics in candidate text: ratings and "

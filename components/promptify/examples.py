@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import shutil
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,12 +212,74 @@ def _read_partition(dest: Path, block: int, schema: pl.Schema) -> pl.DataFrame:
     return pl.read_parquet(files, hive_partitioning=False)
 
 
+@dataclass(frozen=True)
+class RankedRelabel:
+    """A relabel by rank over every member, streamed by member partition.
+
+    For each of ``tasks``, the top ``top_fraction`` of its labelled rows (all partitions
+    together) by ``score`` are positive, the others negative: instruction steering's rule
+    (steering.py). ``score(rows, task_id, members, items)`` gets one task's rows of one
+    partition and that partition's members and returns two float arrays aligned with the
+    rows: rank by the first, ties by the second, both descending (NaN ranks first, as in
+    a Polars descending sort). Two passes: the scores of every partition give each task's
+    threshold (two floats per row held, not the rows), then each partition is labelled
+    against it. Rows tied exactly at the threshold are all positive."""
+
+    tasks: tuple[str, ...]
+    score: Callable[[pl.DataFrame, str, pl.DataFrame, pl.DataFrame], tuple[np.ndarray, np.ndarray]]
+    top_fraction: float = 0.25
+
+    def _keys(self, rows: pl.DataFrame, task_id: str, members: pl.DataFrame,
+              items: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        first, second = self.score(rows, task_id, members, items)
+        return (np.nan_to_num(np.asarray(first, dtype=np.float64), nan=np.inf),
+                np.nan_to_num(np.asarray(second, dtype=np.float64), nan=np.inf))
+
+    def thresholds(self, partitions: Iterable[tuple[pl.DataFrame, pl.DataFrame]],
+                   items: pl.DataFrame) -> dict[str, tuple[float, float] | None]:
+        """Each task's (first, second) key of its last positive (None: no positive), from
+        ``(labelled rows, members)`` of every partition."""
+        keys: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {t: [] for t in self.tasks}
+        for labeled, members in partitions:
+            for t in self.tasks:
+                rows = labeled.filter(pl.col("task_id") == t)
+                if rows.height:
+                    keys[t].append(self._keys(rows, t, members, items))
+        out: dict[str, tuple[float, float] | None] = {}
+        for t, parts in keys.items():
+            first = np.concatenate([a for a, _ in parts]) if parts else np.empty(0)
+            second = np.concatenate([b for _, b in parts]) if parts else np.empty(0)
+            k = round(self.top_fraction * len(first))
+            if k == 0:
+                out[t] = None
+                continue
+            at = np.lexsort((-second, -first))[k - 1]
+            out[t] = (float(first[at]), float(second[at]))
+        return out
+
+    def apply(self, labeled: pl.DataFrame, members: pl.DataFrame, items: pl.DataFrame,
+              thresholds: Mapping[str, tuple[float, float] | None]) -> pl.DataFrame:
+        """One partition's labelled rows, ``tasks``' labels replaced (same rows, same order)."""
+        labeled = labeled.with_row_index("__row")
+        parts = [labeled.filter(~pl.col("task_id").is_in(list(self.tasks)))]
+        for t in self.tasks:
+            rows = labeled.filter(pl.col("task_id") == t)
+            if not rows.height:
+                continue
+            first, second = self._keys(rows, t, members, items)
+            thr = thresholds.get(t)
+            pos = (np.zeros(rows.height, dtype=bool) if thr is None
+                   else (first > thr[0]) | ((first == thr[0]) & (second >= thr[1])))
+            parts.append(rows.with_columns(pl.Series("label", pos.astype(np.int8), dtype=pl.Int8)))
+        return pl.concat(parts).sort("__row").drop("__row")
+
+
 def prepare_member_table(
     split_dir: Path,
     tasks: Sequence[TaskSpec],
     cfg: PromptifyConfig,
     out_dir: Path,
-    relabel: Callable[[pl.DataFrame, pl.DataFrame, pl.DataFrame], pl.DataFrame] | None = None,
+    relabel: Callable[[pl.DataFrame, pl.DataFrame, pl.DataFrame], pl.DataFrame] | RankedRelabel | None = None,
     relabel_tasks: Sequence[str] | None = None,
 ) -> tuple[PreparedData, dict[str, float]]:
     """Vectorized preparation: labels, verbalized events and items, one row per member.
@@ -230,11 +292,13 @@ def prepare_member_table(
     built once, their log aggregates computed by streaming. The stats are sums over
     partitions.
 
-    ``relabel(labeled, members, items)`` may rewrite labels (instruction steering). It may
-    rank across members, so it sees every partition's labelled rows of ``relabel_tasks``
-    at once (the whole members table too); it must return the same rows in the same
-    order. ``relabel_tasks=None``: every task's rows, i.e. the whole labelled log; pass
-    the tasks it rewrites to keep memory bounded.
+    ``relabel`` may rewrite labels (instruction steering). A :class:`RankedRelabel` is
+    streamed (two passes over the partitions, memory bounded). A callable
+    ``relabel(labeled, members, items)`` may rank across members, so it sees every
+    partition's labelled rows of ``relabel_tasks`` at once (the whole members table too)
+    and must return the same rows in the same order; ``relabel_tasks=None``: every
+    task's rows, i.e. the whole labelled log. Those rows grow with the log (1.3 per
+    event for the five steering tasks): prefer a :class:`RankedRelabel`.
     """
     split_dir, out_dir = Path(split_dir), Path(out_dir)
     items = pl.read_parquet(split_dir / "items")
@@ -256,8 +320,11 @@ def prepare_member_table(
             item_types, on="item_id", how="left")
         return members, inter
 
-    relabelled = None
-    if relabel is not None:
+    relabelled = thresholds = None
+    if isinstance(relabel, RankedRelabel):
+        thresholds = relabel.thresholds(((label_events(inter, tasks), members)
+                                         for members, inter in map(partition, range(blocks))), items)
+    elif relabel is not None:
         relabelled = _relabel_all_partitions(partition, blocks, tasks, relabel, relabel_tasks,
                                              split_dir, items)
 
@@ -290,7 +357,9 @@ def prepare_member_table(
         del lines
         labeled = label_events(inter, tasks)
         count["kept_apart"] += label_events(inter, tasks, keep_held_out_apart=False).height - labeled.height
-        if relabelled is not None:
+        if thresholds is not None:
+            labeled = relabel.apply(labeled, members, items, thresholds)
+        elif relabelled is not None:
             mine = relabelled.pop(b, None)
             if mine is None:
                 mine = labeled.clear() if relabel_tasks is None else labeled.filter(pl.lit(False))
