@@ -116,23 +116,14 @@ def _tasks_fingerprint(cfg: PipelineConfig) -> str:
 
 
 def steering_by_partition(cfg: PipelineConfig, tasks):
-    """The steering tasks' relabel (``steering_relabel``'s rule: a task's top quarter by
-    the named criteria, ties by the full hidden utility) as a ``RankedRelabel``, which
-    ``prepare`` streams by member partition; None without steering tasks or synthetic data."""
-    from components.promptify.examples import RankedRelabel
-
-    criteria = {t.id: t.steering for t in tasks if t.steering}
-    if cfg.data.source != "synthetic" or not criteria:
+    """The steering tasks' relabel, streamed by member partition
+    (``components.promptify.steering.steering_ranked_relabel``); None without steering
+    tasks or synthetic data (the hidden utility it ranks by is the synthetic world's)."""
+    if cfg.data.source != "synthetic":
         return None
-    from components.data.synthetic import steering_weights, utility, utility_components
+    from components.promptify.steering import steering_ranked_relabel
 
-    world = cfg.data.synthetic
-
-    def score(rows, task_id, members, items):
-        comps = utility_components(members, items, rows.select("member_id", "item_id", "timestamp"), world)
-        return utility(comps, steering_weights(criteria[task_id])).to_numpy(), utility(comps).to_numpy()
-
-    return RankedRelabel(tuple(criteria), score, top_fraction=0.25)  # steering_relabel's default
+    return steering_ranked_relabel(tasks, cfg.data.synthetic)
 
 
 def prepare(ctx: StageContext) -> dict[str, float]:

@@ -14,11 +14,46 @@ the steered instruction.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from components.config import SyntheticWorldConfig
 from components.promptify.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from components.promptify.examples import RankedRelabel
+
+#: The fraction of a steering task's candidates that are positive.
+TOP_FRACTION = 0.25
+
+
+def _steering_scores(comps: pl.DataFrame, criteria: Sequence[str]) -> tuple[pl.Series, pl.Series]:
+    """(utility by the named criteria, full utility): rank by the first, ties by the second
+    (criteria are often coarse: same city or not)."""
+    from components.data.synthetic import steering_weights, utility
+
+    return utility(comps, steering_weights(criteria)), utility(comps)
+
+
+def steering_ranked_relabel(tasks: Sequence[TaskSpec], world: SyntheticWorldConfig,
+                            top_fraction: float = TOP_FRACTION) -> RankedRelabel | None:
+    """:func:`steering_relabel`'s rule as a :class:`RankedRelabel`, which ``prepare`` streams
+    by member partition (the same labels, without gathering every partition's rows); None
+    when no task steers."""
+    from components.data.synthetic import utility_components
+    from components.promptify.examples import RankedRelabel
+
+    criteria = {t.id: t.steering for t in tasks if t.steering}
+    if not criteria:
+        return None
+
+    def score(rows, task_id, members, items):
+        comps = utility_components(members, items, rows.select("member_id", "item_id", "timestamp"), world)
+        steer, full = _steering_scores(comps, criteria[task_id])
+        return steer.to_numpy(), full.to_numpy()
+
+    return RankedRelabel(tuple(criteria), score, top_fraction=top_fraction)
 
 
 def steering_relabel(
@@ -27,10 +62,10 @@ def steering_relabel(
     members: pl.DataFrame,
     items: pl.DataFrame,
     world: SyntheticWorldConfig,
-    top_fraction: float = 0.25,
+    top_fraction: float = TOP_FRACTION,
 ) -> pl.DataFrame:
     """Replace ``label`` of steering tasks' rows; other rows are returned unchanged."""
-    from components.data.synthetic import steering_weights, utility, utility_components
+    from components.data.synthetic import utility_components
 
     steer = {t.id: t.steering for t in tasks if t.steering}
     if not steer:
@@ -42,12 +77,11 @@ def steering_relabel(
         if rows.height == 0:
             continue
         comps = utility_components(members, items, rows.select("__row", "member_id", "item_id", "timestamp"), world)
-        # Rank by the named criteria; ties (criteria are often coarse: same city or not)
-        # are broken by the full hidden utility, so exactly the top fraction is positive.
+        # Rank by the named criteria, ties by the full hidden utility, so exactly the top
+        # fraction is positive.
+        steer_u, full_u = _steering_scores(comps, criteria)
         ranked = comps.select(
-            "__row",
-            utility(comps, steering_weights(criteria)).alias("__steer"),
-            utility(comps).alias("__full"),
+            "__row", steer_u.alias("__steer"), full_u.alias("__full"),
         ).sort(["__steer", "__full"], descending=True)
         k = round(top_fraction * ranked.height)
         relabel = ranked.select(
