@@ -33,7 +33,7 @@ run: setup  ## run the pipeline on the embedded default (PROFILE=local)
 	@$(BIN)/rankbrew run --profile $(PROFILE)
 
 test: setup  ## run the test suite (real Ray, real MLflow sqlite, real Parquet)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 lint: setup  ## ruff
 	$(BIN)/ruff check components pipelines tests benchmarks
