@@ -51,11 +51,14 @@ class ArtifactStore:
         info = self._fs.get_file_info(f"{self._dir(stage, key)}/{self.manifest}")
         return info.type == pafs.FileType.File
 
-    def publish(self, local: Path, stage: str, key: str) -> None:
-        """Copy a finished stage directory up; its manifest last."""
+    def publish(self, local: Path, stage: str, key: str, replace: bool = False) -> None:
+        """Copy a finished stage directory up, its manifest last; ``replace`` (a forced
+        rerun) first deletes what the store holds under that key."""
         from pyarrow import fs as pafs
 
         dest = self._dir(stage, key)
+        if replace and self._fs.get_file_info(dest).type == pafs.FileType.Directory:
+            self._fs.delete_dir(dest)
         self._fs.create_dir(dest, recursive=True)
         selector = pafs.FileSelector(str(local), recursive=True)
         for info in self._local.get_file_info(selector):

@@ -271,8 +271,10 @@ def execute_stage(stage: Stage, cfg: PipelineConfig, info: RunInfo, *upstream: S
             if final.exists():  # a forced rerun replaces the old artifact
                 shutil.rmtree(final)
             os.replace(tmp, final)
-        if store is not None and not store.has(stage.name, key):
-            store.publish(final, stage.name, key)  # manifest last: a cut upload is not "finished"
+        forced = stage.name in info.force
+        if store is not None and (forced or not store.has(stage.name, key)):
+            # manifest last: a cut upload is not "finished"; a forced rerun replaces the old one
+            store.publish(final, stage.name, key, replace=forced)
         seconds = time.perf_counter() - t0
         if run_id is not None:
             import mlflow

@@ -73,6 +73,13 @@ def test_a_fresh_work_dir_restores_finished_stages_from_the_store(ray_local, tmp
     assert third.results["first"].cached and not third.results["second"].cached
     assert (store / "second" / third.results["second"].key / MANIFEST).exists()  # published again
 
+    # a forced rerun replaces the published artifact (a stale file of the old one goes)
+    stale = store / "first" / third.results["first"].key / "out" / "stale.txt"
+    stale.write_text("old")
+    run_pipeline(_pipeline(counter), cfg("c"), force=["first"])
+    assert _calls(counter) == {"first": 2, "second": 3}
+    assert not stale.exists() and (stale.parent / "data.txt").exists()
+
 
 def test_an_upload_without_its_manifest_is_not_a_finished_stage(tmp_path):
     src = tmp_path / "src"
