@@ -179,6 +179,20 @@ class Pipeline:
         except CycleError as err:
             raise ValueError(f"pipeline '{name}' has a dependency cycle: {err.args[1]}") from None
 
+    def selection(self, force: Iterable[str] = (), stop_after: str | None = None) -> list[str]:
+        """The stages a run with ``force`` / ``stop_after`` runs, in order: every stage, or
+        ``stop_after`` and its ancestors. Raises ``ValueError`` naming an unknown stage."""
+        unknown = [s for s in [*force, *([stop_after] if stop_after else [])] if s not in self.stages]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; stages are {self.order}")
+        if not stop_after:
+            return list(self.order)
+        needed = {stop_after}
+        for n in reversed(self.order):
+            if n in needed:
+                needed.update(self.stages[n].deps)
+        return [n for n in self.order if n in needed]
+
     def downstream_of(self, names: Iterable[str]) -> set[str]:
         """The named stages and every stage that depends on them, transitively."""
         out = set(names)

@@ -163,9 +163,7 @@ def _resources(stage: Stage, cfg: PipelineConfig) -> str:
 def plan_run(pipeline: Pipeline, cfg: PipelineConfig, *, profile: str = "custom",
              force: Iterable[str] = (), stop_after: str | None = None) -> Plan:
     """The plan of ``run_pipeline(pipeline, cfg, force=..., stop_after=...)``."""
-    unknown = [s for s in [*force, *([stop_after] if stop_after else [])] if s not in pipeline.stages]
-    if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; stages are {pipeline.order}")
+    selected = set(pipeline.selection(force, stop_after))
     cfg = with_absolute_paths(cfg)
     work = cfg.run.work_dir
     artifacts = work / "artifacts"
@@ -178,12 +176,6 @@ def plan_run(pipeline: Pipeline, cfg: PipelineConfig, *, profile: str = "custom"
 
             store = ArtifactStore(cfg.run.artifact_root, MANIFEST)  # local: checked, not remote
     paths += [_ray_row(cfg), *_tracking_rows(cfg), *_input_rows(cfg)]
-    selected = set(pipeline.order)
-    if stop_after:
-        selected = {stop_after}
-        for n in reversed(pipeline.order):
-            if n in selected:
-                selected.update(pipeline.stages[n].deps)
     forced = pipeline.downstream_of(force)
     keys: dict[str, str] = {}
     rows = []

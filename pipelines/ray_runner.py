@@ -88,9 +88,7 @@ def run_pipeline(
     """
     import ray
 
-    unknown = [s for s in [*force, *([stop_after] if stop_after else [])] if s not in pipeline.stages]
-    if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; stages are {pipeline.order}")
+    selected = pipeline.selection(force, stop_after)
     cfg = with_absolute_paths(cfg)
     work_dir = cfg.run.work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -102,14 +100,6 @@ def run_pipeline(
     chash = config_hash(cfg)
     tags = {tracking.TAG_GIT_SHA: tracking.git_sha(), tracking.TAG_CONFIG_HASH: chash,
             tracking.TAG_PROFILE: profile}
-    selected = pipeline.order
-    if stop_after:
-        needed = {stop_after}
-        for n in reversed(pipeline.order):
-            if n in needed:
-                needed.update(pipeline.stages[n].deps)
-        selected = [n for n in pipeline.order if n in needed]
-
     # read on the driver, before any stage starts: a bad declaration fails here, and every
     # stage of the run is keyed by the same snapshot of the code
     code = {name: code_files(pipeline.stages[name]) for name in selected}
