@@ -148,6 +148,7 @@ def tokenizer(ctx: StageContext) -> dict[str, float]:
 
     tcfg = ctx.cfg.tokenizer
     dest = ctx.out_dir / "tokenizer"
+    metrics: dict[str, float] = {}
     if tcfg.path is not None:
         load_tokenizer(Path(tcfg.path))  # checks the answer tokens
         shutil.copytree(tcfg.path, dest)
@@ -168,9 +169,22 @@ def tokenizer(ctx: StageContext) -> dict[str, float]:
         texts += ["## Instruction ## Member profile ## Past activity ## Question ### Candidate "
                   "Answer: Yes Answer: No instruction: member: history: question: candidate"] * 50
         rng_order = pl.Series(texts).sample(fraction=1.0, shuffle=True, seed=0).to_list()
-        train_bpe_tokenizer(rng_order[: tcfg.sample_texts], tcfg.vocab_size, dest)
+        corpus = rng_order[: tcfg.sample_texts]
+        train_bpe_tokenizer(corpus, tcfg.vocab_size, dest)
+        if tcfg.fit_to_prompts:  # second pass: the same corpus plus prompts built with the first
+            from components.promptify.examples import PreparedData
+            from components.promptify.tokenizer import prompt_texts
+
+            first = ctx.out_dir / "tokenizer_first_pass"
+            shutil.move(dest, first)
+            extra = prompt_texts(PreparedData.from_dir(prep), first, load_pipeline_tasks(ctx.cfg),
+                                 ctx.cfg.promptify, tcfg.prompt_members, ctx.cfg.promptify.seed)
+            train_bpe_tokenizer(pl.Series(corpus + extra).sample(fraction=1.0, shuffle=True, seed=0)
+                                .to_list(), tcfg.vocab_size, dest)
+            shutil.rmtree(first)
+            metrics["prompt_texts"] = float(len(extra))
     tok = load_tokenizer(dest)
-    return {"vocab_size": float(len(tok))}
+    return {"vocab_size": float(len(tok)), **metrics}
 
 
 def promptify(ctx: StageContext) -> dict[str, float]:

@@ -51,8 +51,10 @@ def test_job_board_example_runs_by_config_alone(ray_local, tmp_path: Path, monke
     cfg = load_config("jobs-example", {
         "run.work_dir": str(tmp_path / "work"),
         "data.mapping.spec": str(tmp_path / "jobs" / "jobs.yaml"),
+        "tokenizer.fit_to_prompts": True,  # the two-pass tokenizer stage, in a real run
     })
     run = run_pipeline(build_pipeline(cfg), cfg, profile="jobs-example")
+    assert run.results["tokenizer"].metrics["prompt_texts"] > 0
     assert list(run.results) == ["ingest", "validate", "split", "prepare", "tokenizer", "promptify",
                                  "cpt", "sft", "align", "evaluate"]
 

@@ -383,3 +383,22 @@ def test_members_without_profile_fields_get_prompts_that_say_so(toy, tmp_path):
     builder = PromptBuilder(str(toy["tok"]), prepared, toy["tasks"], toy["cfg"])
     ex = pl.from_arrow(builder(pq.read_table(sorted(prepared.members_dir.glob("*.parquet")))))
     assert ex.height > 0 and all(NO_PROFILE in p for p in ex["prefix"])
+
+
+def test_a_tokenizer_refitted_on_built_prompts_encodes_them_shorter(toy, tmp_path):
+    from components.promptify.tokenizer import load_tokenizer, prompt_texts
+
+    texts = pl.read_parquet(toy["prepared"].members_dir)["hist_markdown"].explode().drop_nulls().to_list()
+    extra = prompt_texts(toy["prepared"], toy["tok"], toy["tasks"], toy["cfg"], members=12, seed=0)
+    assert extra and extra == prompt_texts(toy["prepared"], toy["tok"], toy["tasks"], toy["cfg"], 12, 0)
+    assert any("Answer:" in t for t in extra)  # the candidate cue is rendered there, not in the corpus
+    refit = load_tokenizer(train_bpe_tokenizer(texts * 3 + [TASKS_YAML] * 5 + extra, 800, tmp_path / "refit"))
+    first = load_tokenizer(toy["tok"])
+    built = _build(toy)  # every member's prompts, most of them never in `extra`
+    sample = built["prefix"].to_list() + built["candidates"].explode().to_list()
+
+    def n_tokens(tok):
+        return sum(len(tok.encode(t, add_special_tokens=False)) for t in sample)
+
+    assert n_tokens(refit) < 0.95 * n_tokens(first)
+    assert len(refit.encode("\nAnswer:", add_special_tokens=False)) < len(first.encode("\nAnswer:", add_special_tokens=False))

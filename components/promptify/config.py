@@ -18,6 +18,13 @@ class TokenizerConfig(StrictModel):
                               "null trains one on the corpus.")
     vocab_size: int = Field(4096, ge=300)
     sample_texts: int = Field(50_000, ge=100, description="Texts sampled to train the BPE.")
+    fit_to_prompts: bool = Field(
+        False, description="Train the BPE twice: the second time on the corpus plus the "
+        "training prompts of `prompt_members` members as the promptify code builds them with "
+        "the first (headings, 'Answer:', dates, item statistics, match hints). Fewer tokens "
+        "per prompt and whole words in the scaffolding (components/promptify/tokenizer.py).")
+    prompt_members: int = Field(300, ge=1, description="fit_to_prompts: members whose "
+                                "training prompts join the corpus.")
 
 
 class PromptifyConfig(StrictModel):

@@ -58,6 +58,36 @@ def train_bpe_tokenizer(
     return out_dir
 
 
+def prompt_texts(prepared, tokenizer_dir: Path, tasks, cfg, members: int, seed: int = 0) -> list[str]:
+    """The prefixes and candidate texts of the training prompts of up to ``members``
+    members, built by the promptify code itself with the tokenizer at ``tokenizer_dir``.
+
+    Why: the corpus the first BPE sees (profiles, history lines, item texts, task
+    wording) lacks the prompt's own scaffolding: section headings at the start of a line,
+    ``Answer:`` after a newline, the ``Today:`` / ``Posted:`` lines, item statistics and
+    match hints, which are rendered only when prompts are built. Measured on MovieLens
+    (docs/benchmarks.md): a BPE trained on built prompts encodes the test prompts in 15%
+    fewer tokens and keeps ``Ratings``, ``mean`` and ``Answer`` whole where the corpus
+    BPE splits them (``An sw er``). Training split only: the tokenizer is fitted on what
+    training sees. ``prepared`` is a :class:`~components.promptify.examples.PreparedData`.
+    """
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from components.promptify.examples import PromptBuilder
+
+    files = sorted(Path(prepared.members_dir).glob("*.parquet"))
+    if not files or members <= 0:
+        return []
+    table = pq.read_table(files)
+    if table.num_rows > members:
+        pick = pl.Series(range(table.num_rows)).sample(members, seed=seed).sort().to_list()
+        table = table.take(pick)
+    built = pl.from_arrow(PromptBuilder(str(tokenizer_dir), prepared, tasks, cfg)(table))
+    train = built.filter(pl.col("split") == "train")
+    return train["prefix"].to_list() + train["candidates"].explode().drop_nulls().to_list()
+
+
 def load_tokenizer(path: Path):
     """Any local Hugging Face tokenizer directory; answer tokens are checked."""
     from transformers import AutoTokenizer
