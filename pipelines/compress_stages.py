@@ -175,7 +175,7 @@ def quantize(ctx: StageContext) -> dict[str, float]:
     parent = json.loads((src.parent / "valid_report.json").read_text())
     key = "valid_task_auc_mean.trained"
     decision = compression_gate(parent.get(key, float("nan")), metrics.get(key, float("nan")),
-                                metrics.get("valid_ece.trained", float("nan")), qc.max_auc_drop, qc.max_ece)
+                                metrics.get("valid_ece.trained_out_of_fold", float("nan")), qc.max_auc_drop, qc.max_ece)
     metrics.update({"gate.auc_drop": decision.auc_drop, "gate.ece": decision.ece,
                     "gate.quantization_passed": float(decision.passed)})
     verdict = f"quantize ({qc.recipe.method}, head {qc.recipe.head}) on validation: {decision.reason}"

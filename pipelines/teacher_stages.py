@@ -130,9 +130,13 @@ def validation_report(ctx: StageContext, model_dir: Path, limit: int,
     """Per-task AUC, log loss and ECE of ``model_dir`` on the first ``limit`` validation
     prompts (multi-item scoring, as served); logged so stages can be compared.
 
-    ``calibrate``: fit a Platt calibration on this sample's margins and save it with the
-    model (``calibration.json``), logging raw and calibrated log loss / mean P(yes). The
-    AUCs are the same either way (a monotone map). The test split never sees the fit."""
+    ``calibrate``: fit a Platt calibration (one slope, an intercept per trained task) on
+    this sample's margins and save it with the model (``calibration.json``), logging raw
+    and calibrated log loss / mean P(yes). Per-task AUCs are the same either way (a
+    monotone map within a task). The test split never sees the fit. The ECE a gate reads,
+    ``valid_ece.trained_out_of_fold``, scores each member's candidates with a fit on the
+    other half of the members (``out_of_fold_probabilities``); ``valid_ece.trained`` is
+    the in-sample one (optimistic: the fit saw those labels)."""
     import numpy as np
     import polars as pl
 
@@ -154,24 +158,32 @@ def validation_report(ctx: StageContext, model_dir: Path, limit: int,
     # fitted on trained tasks only: a zero-shot task's labels must not shape any parameter
     trained = ~rows["held_out"].fill_null(False).to_numpy() if rows.height else np.zeros(0, bool)
     if calibrate and trained.any():
-        from components.model.calibration import fit_platt
+        from components.evaluate.metrics import expected_calibration_error
+        from components.model.calibration import fit_platt, out_of_fold_probabilities
 
         labels = np.concatenate([np.asarray(y, dtype=np.float64) for y in rows["labels"]])
-        fit_m = [m for m, t in zip(margins, trained, strict=True) if t]
-        fit_y = [np.asarray(y, dtype=np.float64) for y, t in zip(rows["labels"], trained, strict=True) if t]
-        cal = fit_platt(np.concatenate(fit_m), np.concatenate(fit_y),
-                        fitted_on=f"valid, trained tasks ({int(trained.sum())} prompts)")
+        fit_m = np.concatenate([m for m, t in zip(margins, trained, strict=True) if t])
+        fit_y = np.concatenate([np.asarray(y, dtype=np.float64) for y, t in zip(rows["labels"], trained, strict=True) if t])
+        per_cand = [(task, member) for task, member, m, t in
+                    zip(rows["task_id"], rows["member_id"], margins, trained, strict=True) if t for _ in m]
+        fit_t = np.array([t for t, _ in per_cand], dtype=object)
+        fit_g = np.array([str(g) for _, g in per_cand], dtype=object)
+        cal = fit_platt(fit_m, fit_y, fitted_on=f"valid, trained tasks ({int(trained.sum())} prompts)",
+                        tasks=fit_t)
+        oof = out_of_fold_probabilities(fit_m, fit_y, fit_g, fit_t)
+        metrics["valid_ece.trained_out_of_fold"] = float(expected_calibration_error(oof, fit_y))
         ctx.log_artifact(cal.save(model_dir))
         # a refused fit is saved as the identity: say so where people look (console, MLflow)
         ctx.note(f"calibration {cal.status}: slope {cal.slope:.4g}, intercept {cal.intercept:.4g}"
                 + (f" ({cal.reason})" if cal.reason else ""))
         metrics.update({"calibration.slope": cal.slope, "calibration.intercept": cal.intercept,
-                        "calibration.fitted": float(cal.status == "fitted")})
+                        "calibration.fitted": float(cal.status == "fitted"),
+                        "calibration.task_offsets": float(len(cal.task_offsets))})
         raw = np.clip(np.concatenate(probs), 1e-7, 1 - 1e-7)
         metrics["valid_log_loss_uncalibrated"] = float(
             -np.mean(labels * np.log(raw) + (1 - labels) * np.log(1 - raw)))
         metrics["valid_mean_p_yes_uncalibrated"] = float(raw.mean())
-        probs = [cal.apply(m) for m in margins]
+        probs = [cal.apply(m, task) for m, task in zip(margins, rows["task_id"], strict=True)]
     per_task: dict[str, tuple[list[float], list[int]]] = {}
     for task, p, y in zip(rows["task_id"], probs, rows["labels"], strict=True):
         s, lab = per_task.setdefault(task, ([], []))

@@ -376,6 +376,63 @@ def test_calibration_files_old_and_absurd(tmp_path):
         assert Calibration.load(tmp_path) is None  # scored uncalibrated, loudly
 
 
+def test_platt_with_task_offsets_calibrates_each_task_and_falls_back_for_others(tmp_path):
+    from components.evaluate.metrics import expected_calibration_error
+    from components.model.calibration import Calibration, fit_platt
+
+    rng = np.random.default_rng(3)
+    # one model answering two tasks: the same margins, positive rates far apart
+    m = rng.normal(0, 2, 40_000)
+    task = np.where(np.arange(m.size) % 2 == 0, "apply", "dismiss").astype(object)
+    true_b = np.where(task == "apply", 0.5, -2.5)
+    y = (rng.random(m.size) < 1 / (1 + np.exp(-(0.8 * m + true_b)))).astype(float)
+    one = np.r_[np.zeros(20), np.ones(0)]  # a task whose candidates are all negatives
+    m2, y2 = np.r_[m, rng.normal(0, 2, 20)], np.r_[y, one]
+    t2 = np.r_[task, np.array(["all_negative"] * 20, dtype=object)]
+    cal = fit_platt(m2, y2, "valid", tasks=t2)
+    assert set(cal.task_offsets) == {"apply", "dismiss"}  # none for the one-class task
+    assert cal.slope == pytest.approx(0.8, abs=0.04)
+    assert cal.intercept + cal.task_offsets["apply"] == pytest.approx(0.5, abs=0.1)
+    assert cal.intercept + cal.task_offsets["dismiss"] == pytest.approx(-2.5, abs=0.1)
+    glob = fit_platt(m, y, "valid")
+    for t in ("apply", "dismiss"):
+        sel = task == t
+        per_task = expected_calibration_error(cal.apply(m[sel], t).astype(float), y[sel])
+        assert per_task < 0.02 < expected_calibration_error(glob.apply(m[sel]).astype(float), y[sel])
+    # an unknown task (held out, a free instruction) gets the global map, never an offset
+    np.testing.assert_array_equal(cal.apply(m[:5], "new_task"), cal.apply(m[:5]))
+    assert not np.allclose(cal.apply(m[:5], "dismiss"), cal.apply(m[:5]))
+    cal.save(tmp_path)
+    assert Calibration.load(tmp_path) == cal  # offsets travel with the model
+    with pytest.raises(ValueError, match="one per margin"):
+        fit_platt(m, y, tasks=task[:10])
+
+
+def test_out_of_fold_calibration_never_sees_the_scored_members_labels():
+    from components.model.calibration import fit_platt, out_of_fold_probabilities
+
+    rng = np.random.default_rng(4)
+    m = rng.normal(0, 1.5, 6_000)
+    y = (rng.random(m.size) < 1 / (1 + np.exp(-(m - 1)))).astype(float)
+    groups = np.array([f"m{i % 60}" for i in range(m.size)], dtype=object)
+    tasks = np.where(np.arange(m.size) % 3 == 0, "a", "b").astype(object)
+    p = out_of_fold_probabilities(m, y, groups, tasks)
+    assert p.shape == m.shape and np.all((p > 0) & (p < 1))
+    assert np.array_equal(p, out_of_fold_probabilities(m, y, groups, tasks))  # seeded folds
+    # flip one member's labels: its own probabilities do not move (its fold's fit never saw them)
+    who = groups == "m7"
+    y_flip = y.copy()
+    y_flip[who] = 1 - y_flip[who]
+    q = out_of_fold_probabilities(m, y_flip, groups, tasks)
+    np.testing.assert_array_equal(q[who], p[who])
+    assert not np.allclose(q[~who], p[~who])  # the other fold's fit did see them
+    # in-sample, the same flip moves the member's own probabilities
+    assert not np.allclose(fit_platt(m, y_flip, tasks=tasks).apply(m[who], "a"),
+                           fit_platt(m, y, tasks=tasks).apply(m[who], "a"))
+    with pytest.raises(ValueError, match="one of each"):
+        out_of_fold_probabilities(m, y, groups[:5])
+
+
 def test_platt_calibration_is_applied_by_the_engine(tmp_path, tokenizer):
     from components.model.calibration import CALIBRATION_FILE, Calibration
 
@@ -393,6 +450,16 @@ def test_platt_calibration_is_applied_by_the_engine(tmp_path, tokenizer):
     assert np.argsort(eng.score(PREFIX_TEXT, cands)).tolist() == np.argsort(margins).tolist()
     uncal = ScoringEngine.from_pretrained(out, device="cpu", calibrated=False)
     np.testing.assert_allclose(uncal.score(PREFIX_TEXT, cands), raw.score(PREFIX_TEXT, cands))
+    Calibration(0.5, -1.5, task_offsets={"job_apply": 1.0}).save(out)
+    eng = ScoringEngine.from_pretrained(out, device="cpu")
+    np.testing.assert_allclose(eng.score(PREFIX_TEXT, cands, task="job_apply"),
+                               1 / (1 + np.exp(-(0.5 * margins.astype(np.float64) - 0.5))), atol=1e-6)
+    np.testing.assert_allclose(eng.score(PREFIX_TEXT, cands, task="other"), want, atol=1e-6)
+    got = eng.score_batch([(PREFIX_TEXT, cands)] * 2, tasks=["job_apply", None])
+    np.testing.assert_allclose(got[1], want, atol=1e-6)
+    assert not np.allclose(got[0], got[1])
+    with pytest.raises(ValueError, match="one per request"):
+        eng.score_batch([(PREFIX_TEXT, cands)] * 2, tasks=["job_apply"])
     (out / CALIBRATION_FILE).write_text('{"slope": 1.0, "offset": 0.2}')
     with pytest.raises(ValueError, match="calibration.json.*offset"):
         ScoringEngine.from_pretrained(out, device="cpu")

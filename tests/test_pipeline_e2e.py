@@ -123,6 +123,8 @@ def test_synthetic_pipeline_then_cache_hit(tiny_run):
     assert (quant.path / "model" / "quantization.json").exists()
     assert quant.metrics["head_fp32"] == 1.0 and quant.metrics["quantized_linear_layers"] > 0
     assert "ablation_head_quantized.valid_ece.trained" in quant.metrics
+    # the gate reads the out-of-fold ECE (each member scored by a fit on the other members)
+    assert quant.metrics["gate.ece"] == quant.metrics["valid_ece.trained_out_of_fold"]
     assert {"distill_mid", "distill_small", "quantize"} <= set(by_stage)
     assert "kd" in " ".join(by_stage["distill_mid"].data.metrics)  # the KD term was logged
     chain = pl.read_csv(ev.path / "compression.csv")

@@ -38,7 +38,7 @@ def evaluate_model_on_task(model: str, examples: pl.DataFrame, flags: pl.DataFra
                                                                   strict=True)], margins=True)
         lists = [np.asarray(x, dtype=np.float64) for x in lists]
         # P(yes) as served: through the model's calibration.json when it has one
-        probs = [engine.probabilities(x).astype(np.float64) for x in lists]
+        probs = [engine.probabilities(x, task_id).astype(np.float64) for x in lists]
     else:
         from components.evaluate.baselines import LIGHTGBM_BASELINES, score_lists
 

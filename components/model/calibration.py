@@ -8,6 +8,14 @@ do. Two parameters fitted on held-aside validation candidates restore the base r
 without touching the model. Stored as ``calibration.json`` beside the weights, so every
 loader of the model directory (the scoring engine, the MLflow pyfunc, Serve) applies it.
 
+Per-task intercepts (``fit_platt(..., tasks=...)``): one slope, a global intercept and an
+offset per trained task, fitted together (the offsets L2-shrunk towards 0, so a task with
+few candidates stays near the global map). Why: one model answers tasks whose positive
+rates differ several-fold, and a single intercept leaves each task's P(yes) off by its
+own amount even when the pooled mean is right. A task without an offset (held out, or a
+free instruction at serving time) gets the global map: a zero-shot task's labels never
+shape a parameter.
+
 A calibration must never do harm: the fit is scikit-learn's L2-regularised logistic
 regression (lbfgs) on standardised margins, and a fit that is not finite, not sane
 (:data:`MAX_ABS_SLOPE`, :data:`MAX_ABS_INTERCEPT`, a slope below :data:`MIN_SLOPE`) or no
@@ -21,7 +29,8 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +64,16 @@ class Calibration:
     fitted_on: str = ""
     status: str = "fitted"
     reason: str = ""
+    task_offsets: dict[str, float] = field(default_factory=dict)
 
-    def apply(self, margins: np.ndarray) -> np.ndarray:
-        z = self.slope * np.asarray(margins, dtype=np.float64) + self.intercept
-        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+    def logits(self, margins: np.ndarray, task: str | None = None) -> np.ndarray:
+        """Calibrated logits ``slope * margin + intercept (+ the task's offset)``."""
+        return (self.slope * np.asarray(margins, dtype=np.float64) + self.intercept
+                + (self.task_offsets.get(task, 0.0) if task is not None else 0.0))
+
+    def apply(self, margins: np.ndarray, task: str | None = None) -> np.ndarray:
+        """Calibrated P(yes), float32; ``task`` picks its offset (none: the global map)."""
+        return (1.0 / (1.0 + np.exp(-self.logits(margins, task)))).astype(np.float32)
 
     def insanity(self) -> str | None:
         """Why these parameters are not a sane calibration, or ``None`` when they are."""
@@ -69,6 +84,9 @@ class Calibration:
                     f"|slope| <= {MAX_ABS_SLOPE:g}, |intercept| <= {MAX_ABS_INTERCEPT:g}")
         if self.slope <= MIN_SLOPE:
             return f"slope {self.slope:.4g} <= {MIN_SLOPE:g} would flatten or reverse the ranking"
+        bad = {t: o for t, o in self.task_offsets.items() if not np.isfinite(o) or abs(o) > MAX_ABS_INTERCEPT}
+        if bad:
+            return f"task offsets {bad} are not finite or outside |offset| <= {MAX_ABS_INTERCEPT:g}"
         return None
 
     def save(self, model_dir: Path) -> Path:
@@ -106,7 +124,7 @@ def log_loss_of_logits(z: np.ndarray, y: np.ndarray) -> float:
 
 
 def fit_platt(margins: np.ndarray, labels: np.ndarray, fitted_on: str = "",
-              c: float = 1.0) -> Calibration:
+              c: float = 1.0, tasks: Sequence[str] | np.ndarray | None = None) -> Calibration:
     """Platt calibration of ``labels`` on ``margins``: scikit-learn's ``LogisticRegression``
     (L2, strength ``1 / c``, lbfgs) on standardised margins, mapped back to margin units,
     so the regularisation does not depend on the margins' scale and separable inputs stay
@@ -118,7 +136,11 @@ def fit_platt(margins: np.ndarray, labels: np.ndarray, fitted_on: str = "",
     below :data:`MIN_SLOPE`, or a log loss on the fit data worse than the raw P(yes)'s.
 
     Raises ``ValueError`` for mismatched or empty inputs, labels other than 0/1, and
-    non-finite margins."""
+    non-finite margins.
+
+    ``tasks`` (one id per margin): also an offset per task, fitted in the same regression
+    as one-hot columns (shrunk by the same L2), so the global intercept is the map for a
+    task it has not seen. A task whose candidates are all one class gets no offset."""
     m = np.asarray(margins, dtype=np.float64).ravel()
     y = np.asarray(labels, dtype=np.float64).ravel()
     if m.shape != y.shape or m.size == 0:
@@ -144,19 +166,70 @@ def fit_platt(margins: np.ndarray, labels: np.ndarray, fitted_on: str = "",
     from sklearn.linear_model import LogisticRegression
 
     mu = float(m.mean())
+    x = ((m - mu) / sd)[:, None]
+    names: list[str] = []
+    if tasks is not None:
+        t = np.asarray(tasks, dtype=object).ravel()
+        if t.shape != m.shape:
+            raise ValueError(f"fit_platt: {t.size} task ids for {m.size} margins: need one per margin")
+        # a one-class task would push its offset to the penalty's edge: it gets none
+        names = sorted(str(k) for k in set(t.tolist()) if 0 < y[t == k].mean() < 1)
+        onehot = np.stack([(t == k).astype(np.float64) for k in names], axis=1) if names else None
+        if onehot is not None:
+            x = np.concatenate([x, onehot], axis=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         model = LogisticRegression(C=c, solver="lbfgs", max_iter=1000)
-        model.fit(((m - mu) / sd)[:, None], y.astype(np.int64))
+        model.fit(x, y.astype(np.int64))
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
         return identity("lbfgs did not converge")
     w, b = float(model.coef_[0, 0]), float(model.intercept_[0])
-    fit = replace(base, slope=w / sd, intercept=b - w * mu / sd)
+    offsets = {k: float(o) for k, o in zip(names, model.coef_[0, 1:], strict=True)}
+    fit = replace(base, slope=w / sd, intercept=b - w * mu / sd, task_offsets=offsets)
     problem = fit.insanity()
     if problem:
         return identity(f"refused fit: {problem}")
-    calibrated, raw = log_loss_of_logits(fit.slope * m + fit.intercept, y), log_loss_of_logits(m, y)
+    z = fit.slope * m + fit.intercept
+    if offsets:
+        z = z + np.array([offsets.get(str(k), 0.0) for k in np.asarray(tasks, dtype=object).ravel()])
+    calibrated, raw = log_loss_of_logits(z, y), log_loss_of_logits(m, y)
     if calibrated > raw:
         return identity(f"refused fit: log loss {calibrated:.4g} on its own data is worse than "
                         f"uncalibrated {raw:.4g}")
     return fit
+
+
+def out_of_fold_probabilities(margins: np.ndarray, labels: np.ndarray, groups: Sequence[str] | np.ndarray,
+                              tasks: Sequence[str] | np.ndarray | None = None, folds: int = 2,
+                              seed: int = 0) -> np.ndarray:
+    """Calibrated P(yes) of each margin from a :func:`fit_platt` that did not see its group.
+
+    Groups (members) are dealt into ``folds`` folds at random (``seed``); each fold is
+    scored by the fit on the others. Why: an ECE measured on the data its calibration was
+    fitted on is optimistic, the more so the more parameters (an offset per task); a gate
+    on calibration reads this one. A fold whose fit is refused is scored by the identity,
+    as a served model would be."""
+    m = np.asarray(margins, dtype=np.float64).ravel()
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    g = np.asarray(groups, dtype=object).ravel()
+    t = None if tasks is None else np.asarray(tasks, dtype=object).ravel()
+    if not (m.shape == y.shape == g.shape) or (t is not None and t.shape != m.shape):
+        raise ValueError(f"out_of_fold_probabilities: {m.size} margins, {y.size} labels, {g.size} "
+                         f"groups{'' if t is None else f', {t.size} tasks'}: need one of each per margin")
+    names = np.array(sorted(set(g.tolist()), key=str), dtype=object)
+    fold_of = dict(zip(names.tolist(), np.random.default_rng(seed).permutation(names.size) % folds, strict=True))
+    fold = np.array([fold_of[x] for x in g.tolist()], dtype=np.int64)
+    out = np.empty(m.size, dtype=np.float64)
+    for k in range(folds):
+        test, train = fold == k, fold != k
+        if not test.any():
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CalibrationWarning)
+            cal = (fit_platt(m[train], y[train], f"fold {k}", tasks=None if t is None else t[train])
+                   if train.any() else Calibration(status="identity"))
+        z = cal.logits(m[test])
+        if t is not None:
+            z = z + np.array([cal.task_offsets.get(str(x), 0.0) for x in t[test].tolist()])
+        out[test] = 1.0 / (1.0 + np.exp(-z))
+    return out

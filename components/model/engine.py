@@ -161,36 +161,44 @@ class ScoringEngine:
         """Token ids exactly as ``score`` uses them (see the module docstring)."""
         return tokenize_request(self.tokenizer, prefix, candidates)
 
-    def score(self, prefix: str, candidates: Sequence[str], margins: bool = False) -> np.ndarray:
+    def score(self, prefix: str, candidates: Sequence[str], margins: bool = False,
+              task: str | None = None) -> np.ndarray:
         """P(yes) per candidate, float32, in input order (``margins=True``: the fp32 logit
-        difference ``logit_yes - logit_no`` instead, which does not saturate)."""
-        return self.score_batch([(prefix, candidates)], margins=margins)[0]
+        difference ``logit_yes - logit_no`` instead, which does not saturate). ``task``: the
+        task id, for its calibration offset (none: the global map)."""
+        return self.score_batch([(prefix, candidates)], margins=margins,
+                                tasks=None if task is None else [task])[0]
 
-    def score_batch(self, requests: Sequence[tuple[str, Sequence[str]]], margins: bool = False
-                    ) -> list[np.ndarray]:
+    def score_batch(self, requests: Sequence[tuple[str, Sequence[str]]], margins: bool = False,
+                    tasks: Sequence[str | None] | None = None) -> list[np.ndarray]:
         """Score many ``(prefix, candidates)`` requests (members); one array per request.
 
         Requests are packed one sequence each and right-padded into shared batches under
-        the token budget; see ``multi_item.score_requests``.
+        the token budget; see ``multi_item.score_requests``. ``tasks``: one task id (or
+        None) per request, for the calibration's per-task offsets.
         """
         tokenized = [self.tokenize(p, c) for p, c in requests]
-        return self.score_ids_batch(tokenized, margins=margins)
+        return self.score_ids_batch(tokenized, margins=margins, tasks=tasks)
 
     def score_ids_batch(self, requests: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
-                        margins: bool = False) -> list[np.ndarray]:
+                        margins: bool = False, tasks: Sequence[str | None] | None = None
+                        ) -> list[np.ndarray]:
         """``score_batch`` on token ids (for callers that tokenized already)."""
+        if tasks is not None and len(tasks) != len(requests):
+            raise ValueError(f"score: {len(tasks)} task ids for {len(requests)} requests: give one "
+                             f"per request (None for no task)")
         out = score_requests(self.model, requests, self.head, self.pad_id,
                              self.max_tokens_per_pass, self.reuse_prefix_cache,
                              self.candidate_tokens_per_pass, self.model_kwargs)
         if margins:
             return [m.numpy().astype(np.float32) for m in out]
-        return [self.probabilities(m) for m in out]
+        return [self.probabilities(m, None if tasks is None else tasks[i]) for i, m in enumerate(out)]
 
-    def probabilities(self, margins: torch.Tensor | np.ndarray) -> np.ndarray:
-        """P(yes) from margins as served: through ``calibration`` when the engine has one,
-        else ``sigmoid(margin)``; float32."""
+    def probabilities(self, margins: torch.Tensor | np.ndarray, task: str | None = None) -> np.ndarray:
+        """P(yes) from margins as served: through ``calibration`` (with ``task``'s offset
+        when it has one) when the engine has one, else ``sigmoid(margin)``; float32."""
         if self.calibration is not None:
-            return self.calibration.apply(np.asarray(margins))
+            return self.calibration.apply(np.asarray(margins), task)
         return torch.sigmoid(torch.as_tensor(margins)).numpy().astype(np.float32)
 
     def score_per_item(self, prefix: str, candidates: Sequence[str]) -> np.ndarray:

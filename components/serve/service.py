@@ -34,7 +34,8 @@ class ScoringService:
 
     def score_prompts(self, prompts: Sequence[Prompt]) -> list[np.ndarray]:
         """Calibrated P(yes) per candidate of each prompt (one engine call for all)."""
-        return self.engine.score_batch([(p.prefix, p.candidates) for p in prompts])
+        return self.engine.score_batch([(p.prefix, p.candidates) for p in prompts],
+                                       tasks=[p.task for p in prompts])
 
     def warm(self) -> None:
         """One inline request through the whole path (first-call allocations, kernels)."""

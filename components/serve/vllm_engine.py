@@ -60,8 +60,8 @@ class VllmEngine:
 
         return tokenize_request(self.tokenizer, prefix, candidates)
 
-    def score_batch(self, requests: Sequence[tuple[str, Sequence[str]]], margins: bool = False
-                    ) -> list[np.ndarray]:
+    def score_batch(self, requests: Sequence[tuple[str, Sequence[str]]], margins: bool = False,
+                    tasks: Sequence[str | None] | None = None) -> list[np.ndarray]:
         from vllm.inputs import TokensPrompt
 
         prompts, sizes = [], []
@@ -75,13 +75,14 @@ class VllmEngine:
             lp = out.outputs[0].logprobs[0]
             flat[i] = lp[self.yes_id].logprob - lp[self.no_id].logprob
         out_lists, k = [], 0
-        for n in sizes:
+        for i, n in enumerate(sizes):
             m = flat[k:k + n]
             k += n
-            out_lists.append(m.astype(np.float32) if margins else self.probabilities(m))
+            out_lists.append(m.astype(np.float32) if margins
+                             else self.probabilities(m, None if tasks is None else tasks[i]))
         return out_lists
 
-    def probabilities(self, margins: np.ndarray) -> np.ndarray:
+    def probabilities(self, margins: np.ndarray, task: str | None = None) -> np.ndarray:
         if self.calibration is not None:
-            return self.calibration.apply(np.asarray(margins))
+            return self.calibration.apply(np.asarray(margins), task)
         return (1.0 / (1.0 + np.exp(-np.asarray(margins, dtype=np.float64)))).astype(np.float32)
