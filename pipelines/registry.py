@@ -45,6 +45,6 @@ class TeacherScorer(mlflow.pyfunc.PythonModel):
         requests = [(p, list(c)) for p, c in zip(model_input["prefix"], model_input["candidates"],
                                                   strict=True)]
         # an optional task_id column picks each row's calibration offset
-        tasks = ([None if t is None or t != t else str(t) for t in model_input["task_id"]]
+        tasks = ([None if pd.isna(t) else str(t) for t in model_input["task_id"]]
                  if "task_id" in model_input.columns else None)
         return [[float(x) for x in probs] for probs in self.engine.score_batch(requests, tasks=tasks)]

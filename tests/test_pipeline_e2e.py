@@ -109,6 +109,12 @@ def test_synthetic_pipeline_then_cache_hit(tiny_run):
     assert [len(g) for g in got] == [len(c) for c in ex["candidates"]]
     for g, w in zip(got, want, strict=True):
         assert max(abs(a - float(b)) for a, b in zip(g, w, strict=True)) < 1e-5
+    # with a task_id column, each row gets its task's calibration offset, as the engine does
+    got_t = scorer.predict(ex.select("prefix", "candidates", "task_id").to_pandas())
+    want_t = ScoringEngine.from_pretrained(first.results["align"].path / "model").score_batch(
+        list(zip(ex["prefix"], [list(c) for c in ex["candidates"]], strict=True)), tasks=ex["task_id"].to_list())
+    for g, w in zip(got_t, want_t, strict=True):
+        assert max(abs(a - float(b)) for a, b in zip(g, w, strict=True)) < 1e-5
     # the chain: a pruned then distilled student, a random one, int8 with an fp32 head; each
     # smaller than its parent, each in the evaluation's chain table
     from transformers import AutoConfig
