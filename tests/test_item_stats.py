@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from components.config import load_config
+from components.promptify.config import MeanWords, PromptifyConfig
 from components.promptify.item_stats import ItemStats, ItemStatsAsOf, render_item_stats
 
 S = 1_000_000  # microseconds per second
@@ -115,6 +116,49 @@ def test_render_each_style(stats: ItemStatsAsOf) -> None:
         stats.render("m1", cut, "xml")
 
 
+WORDS = {"edges": [3.0, 3.5, 4.0], "words": ["panned", "mixed", "liked", "acclaimed"],
+         "prior_mean": 3.5, "prior_weight": 2.0}
+
+
+def test_mean_words_band_the_shrunk_mean() -> None:
+    w = MeanWords(**WORDS)
+    # shrunk = (mean * n + 3.5 * 2) / (n + 2); band i holds edges[i-1] <= shrunk < edges[i]
+    assert w.word(1, 5.0) == "acclaimed"       # (5 + 7) / 3 = 4.0: on the edge, the upper band
+    assert w.word(1, 4.0) == "liked"           # (4 + 7) / 3 = 3.67 (the raw 4.0 would be acclaimed)
+    assert w.word(8, 5.0) == "acclaimed"       # (40 + 7) / 10 = 4.7
+    assert w.word(8, 2.0) == "panned"          # (16 + 7) / 10 = 2.3
+    assert w.word(2, 3.0) == "mixed"           # (6 + 7) / 4 = 3.25
+    assert w.word(3, None) is None
+    assert MeanWords(**{**WORDS, "prior_weight": 0}).word(1, 4.5) == "acclaimed"  # raw mean
+
+
+def test_render_with_words(stats: ItemStatsAsOf) -> None:
+    worded = ItemStatsAsOf(_table(ROWS), actions=["rate"], words=MeanWords(**WORDS))
+    cut = 100 * S  # m1: 3 ratings, mean 11/3 -> (11 + 7) / 5 = 3.6 -> liked
+    assert worded.render("m1", cut, "markdown") == "\n- Ratings so far: 3, mean 3.7 (liked)"
+    assert worded.render("m1", cut, "compact") == \
+        "; ratings_so_far=3; mean_rating_so_far=3.7; verdict=liked"
+    assert worded.render("m1", cut, "narrative") == "; rated by 3 members so far, mean 3.7 (liked)"
+    # As of 25 s only u1 (4) and u2 (2) count: (6 + 7) / 4 = 3.25 -> mixed: the word moves
+    # with the cutoff like the numbers (strictly before it), never with later ratings.
+    assert worded.render("m1", 25 * S, "markdown") == "\n- Ratings so far: 2, mean 3.0 (mixed)"
+    # Nothing to band: no ratings, or ratings without a value.
+    assert worded.render("m1", 0, "markdown") == stats.render("m1", 0, "markdown")
+    assert render_item_stats(ItemStats(2, 2, None), "compact", MeanWords(**WORDS)) == "ratings_so_far=2"
+    assert pickle.loads(pickle.dumps(worded)).render("m1", cut, "compact") == worded.render("m1", cut, "compact")
+
+
+def test_mean_words_config_errors_name_the_fix() -> None:
+    with pytest.raises(ValueError, match="3 edges make 4 bands but 3 words"):
+        MeanWords(edges=[3.0, 3.5, 4.0], words=["a", "b", "c"])
+    with pytest.raises(ValueError, match="strictly ascending"):
+        MeanWords(edges=[3.5, 3.0], words=["a", "b", "c"])
+    with pytest.raises(ValueError, match="letters only"):
+        MeanWords(edges=[3.0], words=["so-so", "good"])
+    with pytest.raises(ValueError, match="item_stats is off"):
+        PromptifyConfig(item_stats_words=WORDS)
+
+
 def test_parquet_and_pickle(tmp_path, stats: ItemStatsAsOf) -> None:
     d = tmp_path / "interactions"
     d.mkdir()
@@ -154,3 +198,5 @@ def test_config_on_for_movielens() -> None:
     assert load_config("movielens").promptify.item_stats is True
     assert load_config("movielens").promptify.item_stats_actions == ["rate"]
     assert load_config("local").promptify.item_stats is False
+    words = load_config("movielens").promptify.item_stats_words
+    assert words is not None and len(words.words) == len(words.edges) + 1

@@ -506,7 +506,8 @@ class PromptBuilder:
             if prepared.item_events is None:
                 raise ValueError("promptify.item_stats is on but the prepare stage wrote no item "
                                  "events: rerun prepare with the same promptify config")
-            self.item_stats = ItemStatsAsOf.from_parquet(prepared.item_events, cfg.item_stats_actions)
+            self.item_stats = ItemStatsAsOf.from_parquet(prepared.item_events, cfg.item_stats_actions,
+                                                          cfg.item_stats_words)
         self.match_hints = None
         if cfg.match_hints:
             if prepared.match_hints is None:

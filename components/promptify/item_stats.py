@@ -33,11 +33,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from components.promptify.verbalize import STYLES
+
+if TYPE_CHECKING:
+    from components.promptify.config import MeanWords
 
 #: How item fields are joined in each style (as in ``verbalize._fields_expr``).
 FIELD_SEPARATOR = {"markdown": "\n", "compact": "; ", "narrative": "; "}
@@ -70,7 +74,9 @@ class ItemStatsAsOf:
     missing columns or an empty ``actions``.
     """
 
-    def __init__(self, interactions: pl.DataFrame, actions: Sequence[str] = ("rate",)) -> None:
+    def __init__(self, interactions: pl.DataFrame, actions: Sequence[str] = ("rate",),
+                 words: MeanWords | None = None) -> None:
+        self.words = words
         actions = [str(a) for a in actions]
         if not actions:
             raise ValueError("item stats: actions is empty: list the actions to count "
@@ -121,12 +127,13 @@ class ItemStatsAsOf:
                 np.concatenate([[0], np.cumsum(lengths)]))
 
     @classmethod
-    def from_parquet(cls, path: str | Path, actions: Sequence[str] = ("rate",)) -> ItemStatsAsOf:
+    def from_parquet(cls, path: str | Path, actions: Sequence[str] = ("rate",),
+                     words: MeanWords | None = None) -> ItemStatsAsOf:
         """From an interactions Parquet file or directory (e.g. ``<split_dir>/interactions``)."""
         lf = pl.scan_parquet(Path(path))
         names = lf.collect_schema().names()
         cols = [c for c in ("member_id", "item_id", "action", "timestamp", "value") if c in names]
-        return cls(lf.select(cols).collect(), actions)
+        return cls(lf.select(cols).collect(), actions, words)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -164,10 +171,11 @@ class ItemStatsAsOf:
 
         E.g. markdown ``"\\n- Ratings so far: 57, mean 3.8"``, compact
         ``"; ratings_so_far=57; mean_rating_so_far=3.8"``, narrative
-        ``"; rated by 57 members so far, mean 3.8"``. See :func:`render_item_stats`.
+        ``"; rated by 57 members so far, mean 3.8"``; with ``words``, the band word after
+        the mean (``"mean 3.8 (liked)"``). See :func:`render_item_stats`.
         """
         return FIELD_SEPARATOR[_check_style(style)] + render_item_stats(
-            self.lookup(item_id, cutoff), style)
+            self.lookup(item_id, cutoff), style, self.words)
 
 
 def _check_style(style: str) -> str:
@@ -176,15 +184,18 @@ def _check_style(style: str) -> str:
     return style
 
 
-def render_item_stats(stats: ItemStats, style: str) -> str:
+def render_item_stats(stats: ItemStats, style: str, words: MeanWords | None = None) -> str:
     """The statistics as one item field in ``style`` (no leading separator).
 
     Markdown and compact count ratings (``n_events``), narrative counts members
     (``n_members``); on MovieLens they are equal. The mean is shown to one decimal and
-    left out when there is none.
+    left out when there is none; ``words`` appends its band word to it.
     """
     _check_style(style)
     mean = None if stats.mean is None else f"{stats.mean:.1f}"
+    word = None if words is None else words.word(stats.n_events, stats.mean)
+    if mean and word:
+        mean = f"{mean}; verdict={word}" if style == "compact" else f"{mean} ({word})"
     if stats.n_events == 0:
         return {"markdown": "- Ratings so far: none yet",
                 "compact": "ratings_so_far=0",
