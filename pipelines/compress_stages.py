@@ -34,6 +34,8 @@ from pipelines.dag import Stage, StageContext
 from pipelines.teacher_stages import MODEL_DIR, TEACHER_CODE, TRAIN_KEYS
 
 QUANTIZE = "quantize"
+#: A distilled student this far below its pruned start (validation AUC) gets a warning.
+REDISTILL_TOLERANCE = 0.005
 
 
 def step_stage_name(step: DistillStep) -> str:
@@ -100,6 +102,18 @@ def _student_start(ctx: StageContext, step: DistillStep, index: int, parent_dir:
     return str(init_dir), {f"pruned_init.{k}": v for k, v in before.items() if k in keep}
 
 
+def redistill_warning(start: float | None, end: float, index: int) -> str | None:
+    """A WARNING line when the distilled student ends more than ``REDISTILL_TOLERANCE``
+    below its pruned start (validation AUC, trained tasks); None otherwise. Measured on the
+    embedded default (2026-12-04, docs/benchmarks.md): a pruned start that kept the parent's
+    AUC lost 0.03-0.10 in 150 steps at every lr tried, so this must not pass silently."""
+    if start is None or not end < start - REDISTILL_TOLERANCE:
+        return None
+    return (f"WARNING: re-distillation lowered validation AUC (trained tasks) from {start:.3f} "
+            f"(pruned start) to {end:.3f}: try a lower compress.chain.{index}.train.lr "
+            f"(docs/compression.md)")
+
+
 def distill_step(ctx: StageContext, step: DistillStep, index: int) -> dict[str, float]:
     """Prune (or build) the student, distil it from its parent, report it."""
     from components.tracking.models import write_trained_tasks
@@ -134,6 +148,9 @@ def distill_step(ctx: StageContext, step: DistillStep, index: int) -> dict[str, 
         if "pruned_init." + key in metrics:
             line += f" (pruned, before distillation: {metrics['pruned_init.' + key]:.3f})"
         ctx.note(line + f"; {metrics['non_embedding_parameters']:,.0f} non-embedding parameters")
+    warning = redistill_warning(metrics.get("pruned_init." + key), metrics.get(key, float("nan")), index)
+    if warning:
+        ctx.note(warning)
     return metrics
 
 

@@ -325,3 +325,15 @@ def test_compress_imports_without_ray_or_mlflow():
             "components.compress.measure; bad = [m for m in ('ray', 'mlflow') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_redistillation_that_loses_to_its_pruned_start_is_flagged() -> None:
+    from pipelines.compress_stages import REDISTILL_TOLERANCE, redistill_warning
+
+    line = redistill_warning(0.789, 0.688, 0)
+    assert line is not None and line.startswith("WARNING") and "0.789" in line and "0.688" in line
+    assert "compress.chain.0.train.lr" in line
+    assert redistill_warning(0.789, 0.789 - REDISTILL_TOLERANCE / 2, 1) is None  # within tolerance
+    assert redistill_warning(0.70, 0.75, 1) is None         # distillation helped
+    assert redistill_warning(None, 0.60, 1) is None         # random start: nothing to compare
+    assert redistill_warning(0.70, float("nan"), 1) is None  # no validation number
