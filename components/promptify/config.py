@@ -40,7 +40,9 @@ class MeanWords(StrictModel):
     The band is read from the mean shrunk towards ``prior_mean`` by ``prior_weight``
     pseudo-ratings, ``(mean * n + prior_mean * prior_weight) / (n + prior_weight)``, so a
     single 5-star rating is not "acclaimed" (with the raw mean, small counts make the
-    word noise). Band ``i`` is ``edges[i-1] <= shrunk < edges[i]``.
+    word noise). Band ``i`` is ``edges[i-1] <= shrunk < edges[i]``. ``n`` is the count of
+    counted events, the shown count; where some carry no value the mean is over fewer
+    (on MovieLens every rating has one).
     """
 
     edges: list[float] = Field(..., min_length=1, description="Ascending band edges on the "
