@@ -140,6 +140,7 @@ def validation_report(ctx: StageContext, model_dir: Path, limit: int,
     import numpy as np
     import polars as pl
 
+    from components.evaluate.metrics import expected_calibration_error
     from components.model.engine import ScoringEngine
     from components.train.data import read_examples
     from components.train.loop import roc_auc
@@ -158,7 +159,6 @@ def validation_report(ctx: StageContext, model_dir: Path, limit: int,
     # fitted on trained tasks only: a zero-shot task's labels must not shape any parameter
     trained = ~rows["held_out"].fill_null(False).to_numpy() if rows.height else np.zeros(0, bool)
     if calibrate and trained.any():
-        from components.evaluate.metrics import expected_calibration_error
         from components.model.calibration import fit_platt, out_of_fold_probabilities
 
         labels = np.concatenate([np.asarray(y, dtype=np.float64) for y in rows["labels"]])
@@ -205,8 +205,6 @@ def validation_report(ctx: StageContext, model_dir: Path, limit: int,
     ally = np.concatenate([np.asarray(y, dtype=np.float64) for y in rows["labels"]])
     metrics["valid_log_loss"] = float(-np.mean(ally * np.log(allp) + (1 - ally) * np.log(1 - allp)))
     if trained.any():  # calibration as served, on the tasks the model was trained for
-        from components.evaluate.metrics import expected_calibration_error
-
         tp = np.concatenate([np.asarray(p, dtype=np.float64) for p, t in zip(probs, trained, strict=True) if t])
         ty = np.concatenate([np.asarray(y, dtype=np.float64) for y, t in zip(rows["labels"], trained, strict=True) if t])
         metrics["valid_ece.trained"] = float(expected_calibration_error(tp, ty))
