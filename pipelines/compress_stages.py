@@ -31,7 +31,7 @@ from typing import Any
 from components.compress.config import DistillStep
 from components.config import PipelineConfig
 from pipelines.dag import Stage, StageContext
-from pipelines.teacher_stages import MODEL_DIR, TEACHER_CODE, TRAIN_KEYS
+from pipelines.teacher_stages import MODEL_DIR, TEACHER_CODE, TRAIN_KEYS, report_prompts
 
 QUANTIZE = "quantize"
 #: A distilled student this far below its pruned start (validation AUC) gets a warning.
@@ -97,7 +97,7 @@ def _student_start(ctx: StageContext, step: DistillStep, index: int, parent_dir:
     (ctx.out_dir / "prune_report.json").write_text(json.dumps(report, indent=1))
     ctx.log_artifact(ctx.out_dir / "prune_report.json")
     ctx.log(f"pruned {parent_dir.parent.name} -> {step.name}: {report}")
-    before = validation_report(ctx, init_dir, cfg.train.data.max_valid_prompts or 200)
+    before = validation_report(ctx, init_dir, report_prompts(cfg))
     keep = ("valid_task_auc_mean.trained", "valid_task_auc_mean.held_out", "valid_log_loss")
     return str(init_dir), {f"pruned_init.{k}": v for k, v in before.items() if k in keep}
 
@@ -129,7 +129,7 @@ def distill_step(ctx: StageContext, step: DistillStep, index: int) -> dict[str, 
     tasks = load_pipeline_tasks(cfg)
     write_trained_tasks(ctx.out_dir / MODEL_DIR, [t.id for t in tasks if not t.held_out],
                         [t.id for t in tasks if t.held_out])
-    metrics.update(validation_report(ctx, ctx.out_dir / MODEL_DIR, cfg.train.data.max_valid_prompts or 200,
+    metrics.update(validation_report(ctx, ctx.out_dir / MODEL_DIR, report_prompts(cfg),
                                      calibrate=True))
     # sizes only: the latencies are measured in the evaluate stage, every model one after
     # another under the same conditions (compress_report.py)
@@ -177,7 +177,7 @@ def quantize(ctx: StageContext) -> dict[str, float]:
     if not head_is_fp32(engine.model) or n_quantized == 0:
         raise RuntimeError(f"{dest}: after loading, head fp32 = {head_is_fp32(engine.model)}, "
                            f"{n_quantized} quantized linear layers: the recipe was not applied as stored")
-    limit = cfg.train.data.max_valid_prompts or 200
+    limit = report_prompts(cfg)
     metrics: dict[str, float] = {"quantized_linear_layers": float(n_quantized), "head_fp32": 1.0}
     if qc.head_ablation:
         ablation = ctx.out_dir / "ablation_head_quantized"
@@ -192,7 +192,8 @@ def quantize(ctx: StageContext) -> dict[str, float]:
     parent = json.loads((src.parent / "valid_report.json").read_text())
     key = "valid_task_auc_mean.trained"
     decision = compression_gate(parent.get(key, float("nan")), metrics.get(key, float("nan")),
-                                metrics.get("valid_ece.trained_out_of_fold", float("nan")), qc.max_auc_drop, qc.max_ece)
+                                metrics.get("valid_ece.trained_out_of_fold", float("nan")), qc.max_auc_drop, qc.max_ece,
+                                metrics.get("valid_ece.trained_out_of_fold_floor", float("nan")))
     metrics.update({"gate.auc_drop": decision.auc_drop, "gate.ece": decision.ece,
                     "gate.quantization_passed": float(decision.passed)})
     verdict = f"quantize ({qc.recipe.method}, head {qc.recipe.head}) on validation: {decision.reason}"

@@ -125,10 +125,17 @@ def _plot_history(history: list[dict[str, float]], stage: str, path: Path) -> Pa
     return save_figure(plt, fig, path)
 
 
+def report_prompts(cfg: PipelineConfig) -> int:
+    """Validation prompts of the reports that calibrate and gate (align, quantize)."""
+    data = cfg.train.data
+    return data.max_report_prompts or data.max_valid_prompts or 200
+
+
 def validation_report(ctx: StageContext, model_dir: Path, limit: int,
                       calibrate: bool = False) -> dict[str, float]:
-    """Per-task AUC, log loss and ECE of ``model_dir`` on the first ``limit`` validation
-    prompts (multi-item scoring, as served); logged so stages can be compared.
+    """Per-task AUC, log loss and ECE of ``model_dir`` on ``limit`` validation prompts (a
+    seeded random sample, the same for every stage given the same ``limit``: see
+    ``report_prompts``; multi-item scoring, as served); logged so stages can be compared.
 
     ``calibrate``: fit a Platt calibration (one slope, an intercept per trained task) on
     this sample's margins and save it with the model (``calibration.json``), logging raw
@@ -140,7 +147,7 @@ def validation_report(ctx: StageContext, model_dir: Path, limit: int,
     import numpy as np
     import polars as pl
 
-    from components.evaluate.metrics import expected_calibration_error
+    from components.evaluate.metrics import ece_noise_floor, expected_calibration_error
     from components.model.engine import ScoringEngine
     from components.train.data import read_examples
     from components.train.loop import roc_auc
@@ -172,6 +179,9 @@ def validation_report(ctx: StageContext, model_dir: Path, limit: int,
                         tasks=fit_t)
         oof = out_of_fold_probabilities(fit_m, fit_y, fit_g, fit_t)
         metrics["valid_ece.trained_out_of_fold"] = float(expected_calibration_error(oof, fit_y))
+        # what a calibrated model would show on this many candidates (the ECE's own noise)
+        metrics["valid_ece.trained_out_of_fold_floor"] = ece_noise_floor(oof)
+        metrics["valid_ece.trained_candidates"] = float(fit_y.size)
         ctx.log_artifact(cal.save(model_dir))
         # a refused fit is saved as the identity: say so where people look (console, MLflow)
         ctx.note(f"calibration {cal.status}: slope {cal.slope:.4g}, intercept {cal.intercept:.4g}"
@@ -254,8 +264,7 @@ def sft(ctx: StageContext) -> dict[str, float]:
     """Answer-token SFT on the promptified training examples, from the CPT model."""
     metrics = _run(ctx, "sft", {"examples_dir": ctx.inputs["promptify"] / "examples"},
                    str(ctx.inputs["cpt"] / MODEL_DIR))
-    metrics.update(validation_report(ctx, ctx.out_dir / MODEL_DIR,
-                                     ctx.cfg.train.data.max_valid_prompts or 200))
+    metrics.update(validation_report(ctx, ctx.out_dir / MODEL_DIR, report_prompts(ctx.cfg)))
     return metrics
 
 
@@ -270,8 +279,7 @@ def align(ctx: StageContext) -> dict[str, float]:
     tasks = load_pipeline_tasks(ctx.cfg)
     write_trained_tasks(ctx.out_dir / MODEL_DIR, [t.id for t in tasks if not t.held_out],
                         [t.id for t in tasks if t.held_out])
-    metrics.update(validation_report(ctx, ctx.out_dir / MODEL_DIR,
-                                     ctx.cfg.train.data.max_valid_prompts or 200,
+    metrics.update(validation_report(ctx, ctx.out_dir / MODEL_DIR, report_prompts(ctx.cfg),
                                      calibrate=ctx.cfg.train.calibrate))
     gate = gate_against_popularity(ctx)
     metrics.update(gate.as_metrics())

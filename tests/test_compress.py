@@ -312,6 +312,12 @@ def test_gate_rejects_a_model_with_a_corrupted_layer(tok):
     miscal = compression_gate(0.8, 0.799, 0.2)
     assert not miscal.passed and "ECE" in miscal.reason
     assert not compression_gate(0.8, float("nan"), 0.01).passed
+    # the floor does not change the verdict; the reason says when the sample cannot judge
+    small = compression_gate(0.8, 0.8, 0.02, max_ece=0.03, ece_floor=0.03)
+    assert small.passed and "too few candidates" in small.reason and "max_report_prompts" in small.reason
+    enough = compression_gate(0.8, 0.8, 0.02, max_ece=0.03, ece_floor=0.012)
+    assert enough.passed and "0.0120" in enough.reason and "too few" not in enough.reason
+    assert not compression_gate(0.8, 0.8, 0.04, max_ece=0.03, ece_floor=0.03).passed
 
 
 def test_compress_imports_without_ray_or_mlflow():

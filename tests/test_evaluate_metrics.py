@@ -14,6 +14,7 @@ from sklearn.metrics import ndcg_score, roc_auc_score
 from components.evaluate.metrics import (
     bootstrap_auc_ci,
     calibration_curve,
+    ece_noise_floor,
     expected_calibration_error,
     flatten_lists,
     group_auc,
@@ -129,6 +130,25 @@ def test_ece_equal_mass_hand_value():
     assert curve["low"][0] == 0.1 and curve["high"][-1] == 0.9
     assert expected_calibration_error([0.5] * 4, [0, 1, 0, 1], n_bins=1) == 0.0
     assert math.isnan(expected_calibration_error([], []))
+
+
+def test_ece_noise_floor_is_what_calibrated_labels_score():
+    """Labels drawn from the probabilities themselves (a calibrated model) still score an
+    ECE near the floor, not near 0; the floor falls as 1/sqrt(N); certain
+    probabilities have no noise; a miscalibrated model sits well above the floor."""
+    rng = np.random.default_rng(1)
+    p = rng.beta(1, 6, 600)  # ranking-like: mean ~0.14, crowded near 0
+    floor = ece_noise_floor(p)
+    measured = [expected_calibration_error(p, rng.random(p.size) < p) for _ in range(300)]
+    assert floor == pytest.approx(np.mean(measured), rel=0.1)
+    assert 0.015 < floor < 0.05  # the size of the embedded default's 0.03 gate
+    big = rng.beta(1, 6, 9600)
+    assert ece_noise_floor(big) == pytest.approx(floor / 4, rel=0.25)  # 16x N -> 1/4
+    assert ece_noise_floor(np.r_[np.zeros(50), np.ones(50)]) == 0.0
+    assert math.isnan(ece_noise_floor([]))
+    assert ece_noise_floor(p, seed=3) == pytest.approx(floor, rel=0.1)
+    shifted = np.clip(p + 0.1, 0, 1)  # says +0.1 more than happens
+    assert expected_calibration_error(shifted, rng.random(p.size) < p) > 2 * floor
 
 
 def test_calibration_curve_matches_sklearn_quantile_bins():

@@ -131,6 +131,11 @@ def test_synthetic_pipeline_then_cache_hit(tiny_run):
     assert "ablation_head_quantized.valid_ece.trained" in quant.metrics
     # the gate reads the out-of-fold ECE (each member scored by a fit on the other members)
     assert quant.metrics["gate.ece"] == quant.metrics["valid_ece.trained_out_of_fold"]
+    # ... beside the ECE a calibrated model would show on the same candidates; every stage
+    # reports on the same sample (the teacher's calibrating report and the quantized one)
+    assert 0 < quant.metrics["valid_ece.trained_out_of_fold_floor"] < 1
+    assert quant.metrics["valid_ece.trained_candidates"] == \
+        first.results["align"].metrics["valid_ece.trained_candidates"]
     assert {"distill_mid", "distill_small", "quantize"} <= set(by_stage)
     assert "kd" in " ".join(by_stage["distill_mid"].data.metrics)  # the KD term was logged
     chain = pl.read_csv(ev.path / "compression.csv")

@@ -165,10 +165,16 @@ class GateDecision(StrictModel):
 
 
 def compression_gate(parent_auc: float, child_auc: float, child_ece: float,
-                     max_auc_drop: float = 0.005, max_ece: float = 0.03) -> GateDecision:
+                     max_auc_drop: float = 0.005, max_ece: float = 0.03,
+                     ece_floor: float = float("nan")) -> GateDecision:
     """Accept a compressed model only if its AUC (same prompts as the parent) fell at most
     ``max_auc_drop`` and its ECE is at most ``max_ece``; ``reason`` says which failed and
-    by how much. A nan metric fails (nothing measured is not a pass)."""
+    by how much. A nan metric fails (nothing measured is not a pass).
+
+    ``ece_floor`` (``metrics.ece_noise_floor`` of the same sample): the ECE a calibrated
+    model would show there. It does not change the verdict; when it is above half of
+    ``max_ece`` the reason says the sample is too small to judge calibration, and how to
+    fix that."""
     import math
 
     drop = parent_auc - child_auc
@@ -181,4 +187,8 @@ def compression_gate(parent_auc: float, child_auc: float, child_ece: float,
     reason = "; ".join(problems) if problems else (
         f"AUC {parent_auc:.4f} -> {child_auc:.4f} (drop {drop:+.4f} <= {max_auc_drop}), "
         f"ECE {child_ece:.4f} <= {max_ece}")
+    if not math.isnan(ece_floor):
+        reason += f" (a calibrated model's ECE on this sample: {ece_floor:.4f}"
+        reason += (f": too few candidates to judge {max_ece}; raise train.data.max_report_prompts)"
+                   if ece_floor > max_ece / 2 else ")")
     return GateDecision(passed=not problems, auc_drop=drop, ece=child_ece, reason=reason)

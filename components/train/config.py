@@ -46,8 +46,28 @@ class TrainDataConfig(StrictModel):
                                           "prompts (by example_id) only.")
     max_valid_prompts: int | None = Field(200, ge=1, description="Validation prompts scored "
                                           "for valid_auc (first N by example_id).")
+    max_report_prompts: int | None = Field(None, ge=1, description="Validation prompts "
+                                           "scored by every stage's validation report "
+                                           "(valid_report.json: per-task AUC, the Platt fit, "
+                                           "the ECE and popularity gates), a random sample "
+                                           "(seed 0), the same for every stage so that "
+                                           "stage-to-stage deltas are paired. None: "
+                                           "max_valid_prompts. An ECE measured on N "
+                                           "candidates sits above 0 even for a calibrated "
+                                           "model (0.030 at 575 candidates = 300 prompts of "
+                                           "the embedded default), so a 0.03 gate needs more "
+                                           "than the in-training validation set.")
     include_held_out: bool = Field(False, description="Train on held-out (zero-shot) tasks "
                                    "too; normally they are kept out of training.")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_report_prompts(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # left at None, the field is not written: profiles that do not set it keep the
+        # config hash they had before it existed (as placement_strategy below)
+        out = handler(self)
+        if out.get("max_report_prompts") is None:
+            out.pop("max_report_prompts", None)
+        return out
 
     @model_validator(mode="after")
     def _lengths(self) -> TrainDataConfig:
