@@ -79,6 +79,12 @@ def _run(ctx: StageContext, stage: str, data_update: dict[str, Any],
     }
     for e in out.evals[-1:]:
         metrics.update({k: float(v) for k, v in e.items() if k != "step"})
+    if out.best is not None:  # train.keep_best: the weights saved are this evaluation's
+        metrics.update({"best.step": float(out.best["step"]),
+                        f"best.{out.best['metric']}": float(out.best["value"])})
+        if out.best["step"] != metrics["steps"]:
+            ctx.note(f"{stage}: kept the weights of step {out.best['step']} (best "
+                     f"{out.best['metric']} {out.best['value']:.3f}), not of the last step")
     ctx.log_artifact(_plot_history(hist, stage, ctx.out_dir / "plots" / f"{stage}_loss.png"),
                      "plots")
     ctx.log(f"{stage}: {out.seconds:.0f}s, loss {metrics['loss_first']:.3f} -> "

@@ -68,6 +68,8 @@ class TrainingOutput:
     seconds: float = 0.0
     #: world rank -> Ray node id of the attempt that finished
     worker_node_ids: dict[int, str] = field(default_factory=dict)
+    #: train.keep_best: the evaluation whose weights were kept (step, metric, value)
+    best: dict[str, Any] | None = None
 
 
 def build_datasets(stage: str, data: TrainDataConfig, tokenizer, yes_id: int, no_id: int):
@@ -268,7 +270,7 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         return None
     return {"model_dir": str(out), "history": result.history, "evals": result.evals,
             "resumed_from_step": result.resumed_from_step, "data_stats": stats,
-            "worker_node_ids": node_ids}
+            "worker_node_ids": node_ids, "best": result.best}
 
 
 def run_training(stage: Stage, *, data: TrainDataConfig, train: TrainConfig | None = None,
@@ -385,6 +387,7 @@ def run_training(stage: Stage, *, data: TrainDataConfig, train: TrainConfig | No
         data_stats=ret.get("data_stats", {}),
         seconds=seconds,
         worker_node_ids={int(r): n for r, n in (ret.get("worker_node_ids") or {}).items()},
+        best=ret.get("best"),
     )
 
 

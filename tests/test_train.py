@@ -393,6 +393,18 @@ def test_answer_loss_is_logged_against_the_base_rate_entropy(corpus, tmp_path):
     assert last["answer_loss_over_base_rate"] == pytest.approx(last["loss_sft"] / h)
 
 
+class Interrupt(Exception):
+    """A crash in the middle of training (raised from an on_step hook)."""
+
+
+def crash_at(crash_step: int):
+    """An on_step hook that raises Interrupt after step ``crash_step``."""
+    def hook(step, metrics):
+        if step == crash_step:
+            raise Interrupt
+    return hook
+
+
 def test_resume_continues_from_the_checkpoint_step_and_matches(corpus, tmp_path):
     tok = corpus["tok"]
     yes, no = corpus["answers"]
@@ -400,17 +412,9 @@ def test_resume_continues_from_the_checkpoint_step_and_matches(corpus, tmp_path)
     cfg = quick_cfg(max_steps=12, checkpoint_every=4, grad_accum=2)
     kw = dict(yes_id=yes, no_id=no, pad_id=tok.pad_token_id)
     full = train(build_tiny_llama(len(tok), **TINY, seed=0), tr, cfg, tmp_path / "a", **kw)
-
-    class Interrupt(Exception):
-        pass
-
-    def crash(step, metrics):
-        if step == 6:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
         train(build_tiny_llama(len(tok), **TINY, seed=0), tr, cfg, tmp_path / "b",
-              on_step=crash, **kw)
+              on_step=crash_at(6), **kw)
     ckpt = latest_checkpoint(tmp_path / "b")
     assert ckpt.name == "step_000004"
     steps_run = []
@@ -422,6 +426,60 @@ def test_resume_continues_from_the_checkpoint_step_and_matches(corpus, tmp_path)
                                [h["loss"] for h in full.history], rtol=1e-5, atol=1e-6)
     a = load_weights(full.module.lm, latest_checkpoint(tmp_path / "a"))
     b = load_weights(resumed.module.lm, latest_checkpoint(tmp_path / "b"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def _trained_start(corpus, tmp_path):
+    """A tiny model that already ranks (valid AUC > 0.6), and the sets it was trained on."""
+    tok = corpus["tok"]
+    yes, no = corpus["answers"]
+    tr, va = sft_sets(corpus)
+    res = train(build_tiny_llama(len(tok), **TINY, seed=0), tr, quick_cfg(max_steps=40),
+                tmp_path / "start", yes_id=yes, no_id=no, pad_id=tok.pad_token_id)
+    return res.module.lm, tr, va, dict(yes_id=yes, no_id=no, pad_id=tok.pad_token_id)
+
+
+def test_keep_best_ends_with_the_best_evaluations_weights(corpus, tmp_path):
+    """A destructive lr after a good start: keep_best evaluates the start too and ends
+    with the weights of the best evaluation (here the start), exactly; without it the run
+    ends with the last step's weights. The choice is the first maximum of best_metric."""
+    start, tr, va, kw = _trained_start(corpus, tmp_path)
+    cfg = quick_cfg(max_steps=6, lr=0.5, warmup_steps=1, eval_every=2, keep_best=True)
+    res = train(copy.deepcopy(start), tr, cfg, tmp_path / "best", valid_set=va, **kw)
+    assert [e["step"] for e in res.evals] == [0, 2, 4, 6]
+    values = [e["valid_prompt_auc"] for e in res.evals]
+    assert res.best["step"] == res.evals[int(np.argmax(values))]["step"] == 0
+    assert res.best["value"] == max(values) and res.best["metric"] == "valid_prompt_auc"
+    assert max(values[1:]) < values[0]  # the setup: the lr did destroy the start
+    kept = res.module.lm.state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in start.state_dict().items())
+    assert validation_auc(res.module, va, kw["pad_id"])["valid_prompt_auc"] == pytest.approx(values[0])
+    plain = train(copy.deepcopy(start), tr, cfg.model_copy(update={"keep_best": False}),
+                  tmp_path / "plain", valid_set=va, **kw)
+    assert plain.best is None and [e["step"] for e in plain.evals] == [2, 4, 6]
+    last = load_weights(plain.module.lm, latest_checkpoint(tmp_path / "plain"))
+    assert all(torch.allclose(plain.module.lm.state_dict()[k], last[k]) for k in last)
+    with pytest.raises(ValueError, match="keep_best needs a validation set"):
+        train(copy.deepcopy(start), tr, cfg, tmp_path / "none", **kw)
+
+
+def test_keep_best_survives_a_resume(corpus, tmp_path):
+    """Crash after a checkpoint whose step is not the best: the checkpoint carries the best
+    weights (best/), and the resumed run ends with the same weights as the uninterrupted one."""
+    start, tr, va, kw = _trained_start(corpus, tmp_path)
+    cfg = quick_cfg(max_steps=8, lr=0.5, warmup_steps=1, eval_every=2, checkpoint_every=4,
+                    keep_best=True)
+    full = train(copy.deepcopy(start), tr, cfg, tmp_path / "a", valid_set=va, **kw)
+    with pytest.raises(Interrupt):
+        train(copy.deepcopy(start), tr, cfg, tmp_path / "b", valid_set=va, on_step=crash_at(6), **kw)
+    ckpt = latest_checkpoint(tmp_path / "b")
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert ckpt.name == "step_000004" and state["best"]["step"] == full.best["step"] != 4
+    assert (ckpt / "best" / "model.safetensors").exists()
+    resumed = train(copy.deepcopy(start), tr, cfg, tmp_path / "b", valid_set=va,
+                    resume_from=ckpt, **kw)
+    assert resumed.best == full.best
+    a, b = full.module.lm.state_dict(), resumed.module.lm.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
@@ -539,6 +597,27 @@ def test_ray_train_fsdp_two_workers_loss_goes_down(ray_local, corpus, tmp_path):
     assert kept == ["step_000016", "step_000024"]  # CheckpointConfig(num_to_keep=2)
     assert {"rng_rank0.pt", "rng_rank1.pt"} <= {p.name for p in
                                                 Path(out.checkpoint_path).iterdir()}
+
+
+@pytest.mark.slow
+def test_ray_train_fsdp_keep_best_restores_the_sharded_model(ray_local, corpus, tmp_path):
+    """keep_best with 2 FSDP2 workers: the best weights (gathered on rank 0) are broadcast
+    back into both shards at the end, so the saved model is the best evaluation's."""
+    from transformers import AutoModelForCausalLM
+
+    from pipelines.train_job import run_training
+
+    start, _, _, _ = _trained_start(corpus, tmp_path)
+    start.save_pretrained(tmp_path / "start_model")
+    out = run_training("sft", data=ray_data_config(corpus),
+                       train=quick_cfg(max_steps=4, batch_size=2, lr=0.5, warmup_steps=1,
+                                       eval_every=2, checkpoint_every=0, keep_best=True),
+                       tokenizer_dir=corpus["tok_dir"], base_model=str(tmp_path / "start_model"),
+                       storage_path=tmp_path / "ray", name="sft_best", num_workers=2)
+    assert [e["step"] for e in out.evals] == [0, 2, 4]
+    assert out.best["step"] == 0 and out.best["value"] > max(e["valid_prompt_auc"] for e in out.evals[1:])
+    saved = AutoModelForCausalLM.from_pretrained(out.model_dir).state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in start.state_dict().items())
 
 
 @pytest.mark.slow

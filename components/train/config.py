@@ -101,6 +101,15 @@ class TrainConfig(StrictModel):
     eval_every: int = Field(0, ge=0, description="Steps between validation AUCs (0: only at "
                             "the end, if a validation set is given).")
     eval_batch_size: int = Field(2, ge=1)
+    keep_best: bool = Field(False, description="End with the weights of the best validation "
+                            "evaluation by best_metric (the starting weights, every "
+                            "eval_every step and the last step are candidates), not the "
+                            "last step's, as transformers' load_best_model_at_end: a short "
+                            "re-distillation that lowers a good pruned start then keeps "
+                            "the start. Needs a validation set; survives a resume.")
+    best_metric: Literal["valid_prompt_auc", "valid_auc"] = Field(
+        "valid_prompt_auc", description="keep_best: the validation metric to maximise "
+        "(per-prompt mean AUC: the within-list ranking that is served; or pooled AUC).")
     log_every: int = Field(1, ge=1)
     align_sft_weight: float = Field(0.5, ge=0, description="align: weight of the SFT term "
                                     "that keeps P(yes) calibrated.")

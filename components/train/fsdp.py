@@ -107,6 +107,17 @@ def load_full_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> N
                                                                  strict=True))
 
 
+def load_full_state_dict_from_rank0(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """:func:`load_full_state_dict` where only rank 0 holds the full state (as
+    :func:`full_state_dict` leaves it; other ranks pass ``{}``): rank 0 broadcasts it. A
+    collective when distributed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        load_full_state_dict(module, state)
+        return
+    set_model_state_dict(module, state, options=StateDictOptions(
+        full_state_dict=True, broadcast_from_rank0=True, strict=True))
+
+
 def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """The optimizer state keyed by parameter name, unsharded on CPU (collective)."""
     return get_optimizer_state_dict(

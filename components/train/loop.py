@@ -20,6 +20,8 @@ Checkpoint directory (``<run_dir>/checkpoints/step_000040``)::
                           tensors and numbers only; loaded with weights_only=True)
     scheduler.pt          LR scheduler state
     rng_rank{r}.pt        python / numpy / torch RNG state of rank r
+    best/model.safetensors  keep_best only, when the best evaluation so far is not this
+                          step: its weights (trainer_state.json's "best" names its step)
     trainer_state.json    step, history, config; written last = the checkpoint is complete
 """
 
@@ -56,6 +58,7 @@ from components.train.fsdp import (
     is_distributed,
     load_full_optimizer_state,
     load_full_state_dict,
+    load_full_state_dict_from_rank0,
     rank_and_world,
     set_gradient_sync,
     shard_model,
@@ -70,6 +73,7 @@ from components.train.losses import (
 
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "model.safetensors"
+BEST_DIR = "best"
 
 
 def build_tiny_llama(vocab_size: int, hidden_size: int = 64, num_layers: int = 2,
@@ -240,9 +244,10 @@ def _tied_head(lm: nn.Module) -> bool:
 
 def save_checkpoint(module: RankingLM, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict[str, Any],
-                    ckpt_dir: Path) -> Path:
+                    ckpt_dir: Path, best_weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a checkpoint (see the module docstring). A collective: call on every rank;
-    rank 0 writes the shared files, every rank its RNG state."""
+    rank 0 writes the shared files, every rank its RNG state. ``best_weights`` (rank 0's
+    full state of the best evaluation, keep_best) go to ``best/`` beside the step's own."""
     from safetensors.torch import save_file
 
     rank, _ = rank_and_world()
@@ -256,6 +261,11 @@ def save_checkpoint(module: RankingLM, optimizer: torch.optim.Optimizer,
         if _tied_head(module.lm):
             weights.pop("lm_head.weight", None)  # the same tensor as the embedding
         save_file({k: v.contiguous() for k, v in weights.items()}, str(ckpt_dir / WEIGHTS_FILE))
+        if best_weights:
+            (ckpt_dir / BEST_DIR).mkdir(exist_ok=True)
+            save_file({k: v.contiguous() for k, v in best_weights.items()
+                       if not (k == "lm_head.weight" and _tied_head(module.lm))},
+                      str(ckpt_dir / BEST_DIR / WEIGHTS_FILE))
         torch.save(optim, ckpt_dir / "optimizer.pt")
         torch.save(scheduler.state_dict(), ckpt_dir / "scheduler.pt")
         tmp = ckpt_dir / (STATE_FILE + ".tmp")
@@ -352,6 +362,9 @@ class TrainResult:
     last_checkpoint: Path | None
     resumed_from_step: int | None = None
     evals: list[dict[str, float]] = field(default_factory=list)
+    #: keep_best: ``{"step", "metric", "value"}`` of the evaluation whose weights the
+    #: module holds at the end (None without keep_best)
+    best: dict[str, Any] | None = None
 
 
 Hook = Callable[..., None]
@@ -372,6 +385,11 @@ def train(lm: nn.Module, train_set: PromptDataset | PackedDataset, cfg: TrainCon
     ``on_step(step, metrics)`` after each optimizer step, ``on_log(metrics)`` on logged
     steps, ``on_checkpoint(ckpt_dir, metrics)`` after a checkpoint is written.
 
+    ``cfg.keep_best``: the starting weights and each evaluation are candidates; the
+    module ends with the best one's weights (``TrainResult.best`` says which). The last
+    checkpoint still holds the last step (a resume continues the same trajectory), plus
+    the best weights under ``best/`` when they differ.
+
     ``teacher`` (stage ``distill``): a causal LM with the same tokenizer; it scores every
     micro-batch under ``no_grad`` (label logits only) for the KD term. It is not sharded:
     each rank holds a full copy in eval mode (the teacher here is at most the size of
@@ -388,6 +406,10 @@ def train(lm: nn.Module, train_set: PromptDataset | PackedDataset, cfg: TrainCon
         raise TypeError(f"train.stage={cfg.stage!r} needs a PromptDataset tokenized with "
                         f"answers (data.tokenize_prompts(..., with_answers=True))")
     distill_kd = cfg.stage == "distill" and cfg.kd_weight > 0
+    if cfg.keep_best and valid_set is None:
+        raise ValueError("train.keep_best needs a validation set to choose by: give "
+                         "valid_set (the pipeline: train.data.max_valid_prompts > 0) or "
+                         "set keep_best: false")
     if distill_kd and teacher is None:
         raise TypeError("train.stage='distill' with kd_weight > 0 needs a teacher model")
     seed_everything(cfg.seed + rank)
@@ -413,11 +435,37 @@ def train(lm: nn.Module, train_set: PromptDataset | PackedDataset, cfg: TrainCon
 
     start, history, evals, tokens_seen = 0, [], [], 0
     resumed_from = None
+    best: dict[str, Any] | None = None
+    best_weights: dict[str, torch.Tensor] | None = None  # rank 0's copy; {} elsewhere
     if resume_from is not None:
         state = load_checkpoint(module, optimizer, scheduler, Path(resume_from))
         start = resumed_from = int(state["step"])
         history, evals = state.get("history", []), state.get("evals", [])
         tokens_seen = int(state.get("tokens_seen", 0))
+        best = state.get("best") if cfg.keep_best else None
+        if best is not None:
+            saved = Path(resume_from) / BEST_DIR
+            best_weights = (load_weights(module.lm, saved) if (saved / WEIGHTS_FILE).exists()
+                            else _weights_copy(module))  # the best was this very step
+            if rank != 0:
+                best_weights = {}
+
+    def consider(ev: dict[str, float]) -> None:
+        """keep_best: remember these weights if ``ev`` beats the best so far (a collective)."""
+        nonlocal best, best_weights
+        value = ev.get(cfg.best_metric, math.nan)
+        if not cfg.keep_best or math.isnan(value) or (best is not None and value <= best["value"]):
+            return
+        best = {"step": int(ev["step"]), "metric": cfg.best_metric, "value": float(value)}
+        best_weights = _weights_copy(module)
+
+    if cfg.keep_best and resume_from is None:
+        assert valid_set is not None
+        ev0 = {"step": 0, **validation_auc(module, valid_set, pad_id, cfg.eval_batch_size, device)}
+        evals.append(ev0)
+        if on_log is not None:
+            on_log(ev0)
+        consider(ev0)
 
     # the answer loss of a model that knows only the positive rate: a run whose loss_sft
     # stays near it has learned the base rate, not the member-candidate match (issue 14)
@@ -504,19 +552,31 @@ def train(lm: nn.Module, train_set: PromptDataset | PackedDataset, cfg: TrainCon
             metrics.update(ev)
             if on_log is not None:
                 on_log(ev)
+            consider(ev)
         ckpt_now = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or \
             done == cfg.max_steps
         if ckpt_now:
             state = {"step": done, "history": history, "evals": evals,
                      "tokens_seen": tokens_seen, "world_size": world,
-                     "config": cfg.model_dump(mode="json")}
-            last_ckpt = save_checkpoint(module, optimizer, scheduler, state,
-                                        run_dir / "checkpoints" / f"step_{done:06d}")
+                     "config": cfg.model_dump(mode="json"), "best": best}
+            last_ckpt = save_checkpoint(
+                module, optimizer, scheduler, state, run_dir / "checkpoints" / f"step_{done:06d}",
+                best_weights if best is not None and best["step"] != done else None)
             _prune(run_dir / "checkpoints", cfg.keep_checkpoints)
             if on_checkpoint is not None:
                 on_checkpoint(last_ckpt, metrics)
-    return TrainResult(module, history, max(start, cfg.max_steps), last_ckpt, resumed_from,
-                       evals)
+    final = max(start, cfg.max_steps)
+    if best is not None and best["step"] != final:
+        assert best_weights is not None
+        load_full_state_dict_from_rank0(module.lm, best_weights)  # a collective
+    return TrainResult(module, history, final, last_ckpt, resumed_from, evals, best)
+
+
+def _weights_copy(module: RankingLM) -> dict[str, torch.Tensor]:
+    """The full weights on rank 0 as a copy (``{}`` elsewhere; a collective). Unsharded,
+    ``get_model_state_dict`` returns the live parameters themselves, which the next
+    optimizer step would change in place."""
+    return {k: v.detach().clone() for k, v in full_state_dict(module.lm).items()}
 
 
 def _clip(module: nn.Module, max_norm: float) -> float:
