@@ -143,7 +143,8 @@ def validation_report(ctx: StageContext, model_dir: Path, limit: int,
     seeded random sample, the same for every stage given the same ``limit``: see
     ``report_prompts``; multi-item scoring, as served); logged so stages can be compared.
 
-    ``calibrate``: fit a Platt calibration (one slope, an intercept per trained task) on
+    ``calibrate``: fit a Platt calibration (an intercept per trained task, and a slope per
+    task when that family has the lower out-of-fold log loss: ``fit_calibration``) on
     this sample's margins and save it with the model (``calibration.json``), logging raw
     and calibrated log loss / mean P(yes). Per-task AUCs are the same either way (a
     monotone map within a task). The test split never sees the fit. The ECE a gate reads,
@@ -172,7 +173,7 @@ def validation_report(ctx: StageContext, model_dir: Path, limit: int,
     # fitted on trained tasks only: a zero-shot task's labels must not shape any parameter
     trained = ~rows["held_out"].fill_null(False).to_numpy() if rows.height else np.zeros(0, bool)
     if calibrate and trained.any():
-        from components.model.calibration import fit_platt, out_of_fold_probabilities
+        from components.model.calibration import fit_calibration
 
         labels = np.concatenate([np.asarray(y, dtype=np.float64) for y in rows["labels"]])
         fit_m = np.concatenate([m for m, t in zip(margins, trained, strict=True) if t])
@@ -181,17 +182,22 @@ def validation_report(ctx: StageContext, model_dir: Path, limit: int,
                     zip(rows["task_id"], rows["member_id"], margins, trained, strict=True) if t for _ in m]
         fit_t = np.array([t for t, _ in per_cand], dtype=object)
         fit_g = np.array([str(g) for _, g in per_cand], dtype=object)
-        cal = fit_platt(fit_m, fit_y, fitted_on=f"valid, trained tasks ({int(trained.sum())} prompts)",
-                        tasks=fit_t)
-        oof = out_of_fold_probabilities(fit_m, fit_y, fit_g, fit_t)
+        # two families (an intercept per task; a slope per task too), the one with the lower
+        # out-of-fold log loss kept: a distilled student's margins have a scale per task
+        choice = fit_calibration(fit_m, fit_y, fit_g, fit_t,
+                                 fitted_on=f"valid, trained tasks ({int(trained.sum())} prompts)")
+        cal, oof = choice.calibration, choice.out_of_fold
+        for fam, loss in choice.oof_log_loss.items():
+            metrics[f"calibration.oof_log_loss.{fam}"] = loss
+        metrics["calibration.task_slopes"] = float(len(cal.task_slopes))
         metrics["valid_ece.trained_out_of_fold"] = float(expected_calibration_error(oof, fit_y))
         # what a calibrated model would show on this many candidates (the ECE's own noise)
         metrics["valid_ece.trained_out_of_fold_floor"] = ece_noise_floor(oof)
         metrics["valid_ece.trained_candidates"] = float(fit_y.size)
         ctx.log_artifact(cal.save(model_dir))
         # a refused fit is saved as the identity: say so where people look (console, MLflow)
-        ctx.note(f"calibration {cal.status}: slope {cal.slope:.4g}, intercept {cal.intercept:.4g}"
-                + (f" ({cal.reason})" if cal.reason else ""))
+        ctx.note(f"calibration {cal.status} ({choice.family}): slope {cal.slope:.4g}, intercept "
+                 f"{cal.intercept:.4g}" + (f" ({cal.reason})" if cal.reason else ""))
         metrics.update({"calibration.slope": cal.slope, "calibration.intercept": cal.intercept,
                         "calibration.fitted": float(cal.status == "fitted"),
                         "calibration.task_offsets": float(len(cal.task_offsets))})

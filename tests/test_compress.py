@@ -343,3 +343,33 @@ def test_redistillation_that_loses_to_its_pruned_start_is_flagged() -> None:
     assert redistill_warning(0.70, 0.75, 1) is None         # distillation helped
     assert redistill_warning(None, 0.60, 1) is None         # random start: nothing to compare
     assert redistill_warning(0.70, float("nan"), 1) is None  # no validation number
+
+
+def test_chain_table_ece_is_pooled_over_trained_candidates_with_its_floor():
+    """The chain's ECE column pools trained-task candidates (the gate's definition): a
+    calibrated model's per-task ECEs on a few hundred candidates each read high from noise
+    alone, and held-out tasks stay out."""
+    import polars as pl
+
+    from components.compress.report import pooled_ece
+    from components.evaluate.metrics import expected_calibration_error
+
+    rng = np.random.default_rng(5)
+    n = 12_000
+    p = rng.beta(1, 7, n)
+    y = (rng.random(n) < p).astype(np.int64)
+    task = np.array([f"t{i % 24}" for i in range(n)])
+    held = np.isin(task, ["t0", "t1"])
+    frame = pl.DataFrame({"model": ["m"] * n, "prob": p, "label": y, "task_id": task,
+                          "held_out": held})
+    ece, floor = pooled_ece(frame, "m")
+    assert ece == pytest.approx(expected_calibration_error(p[~held], y[~held]))
+    per_task = np.mean([expected_calibration_error(p[task == t], y[task == t])
+                        for t in np.unique(task[~held])])
+    assert ece < 0.02 < per_task  # ~500 candidates a task: the per-task mean reads noise
+    assert 0 < floor < 0.02 and ece < 3 * floor
+    # a miscalibrated model (every P(yes) doubled) is seen, well past its floor
+    bad, bad_floor = pooled_ece(frame.with_columns(pl.col("prob") * 2), "m")
+    assert bad > 5 * bad_floor
+    assert all(np.isnan(v) for v in pooled_ece(frame, "other"))
+    assert all(np.isnan(v) for v in pooled_ece(frame.drop("prob"), "m"))

@@ -408,6 +408,41 @@ def test_platt_with_task_offsets_calibrates_each_task_and_falls_back_for_others(
         fit_platt(m, y, tasks=task[:10])
 
 
+def test_task_slopes_calibrate_tasks_whose_margins_differ_in_scale_and_are_chosen_out_of_fold(tmp_path):
+    from components.evaluate.metrics import expected_calibration_error
+    from components.model.calibration import Calibration, fit_calibration, fit_platt
+
+    rng = np.random.default_rng(11)
+    # a student whose margins are sharp on one task and blunt on the other
+    m = rng.normal(0, 2, 30_000)
+    task = np.where(np.arange(m.size) % 2 == 0, "apply", "dismiss").astype(object)
+    true_w = np.where(task == "apply", 1.5, 0.4)
+    true_b = np.where(task == "apply", -1.0, -2.0)
+    y = (rng.random(m.size) < 1 / (1 + np.exp(-(true_w * m + true_b)))).astype(float)
+    groups = np.array([f"m{i % 300}" for i in range(m.size)], dtype=object)
+    cal = fit_platt(m, y, "valid", tasks=task, task_slopes=True)
+    assert cal.slope_for("apply") == pytest.approx(1.5, abs=0.1)
+    assert cal.slope_for("dismiss") == pytest.approx(0.4, abs=0.05)
+    assert cal.slope_for("unseen") == cal.slope  # a free instruction: the global map
+    offsets_only = fit_platt(m, y, "valid", tasks=task)
+    for t in ("apply", "dismiss"):
+        sel = task == t
+        assert (expected_calibration_error(cal.apply(m[sel], t).astype(float), y[sel]) < 0.015
+                < expected_calibration_error(offsets_only.apply(m[sel], t).astype(float), y[sel]))
+    cal.save(tmp_path)
+    assert Calibration.load(tmp_path) == cal
+    choice = fit_calibration(m, y, groups, task, "valid")
+    assert choice.family == "task_slopes" and choice.calibration.task_slopes
+    assert choice.oof_log_loss["task_slopes"] < choice.oof_log_loss["task_offsets"]
+    # one scale for every task: the extra slopes buy nothing out of fold, the simpler family stays
+    y1 = (rng.random(m.size) < 1 / (1 + np.exp(-(0.8 * m + true_b)))).astype(float)
+    simple = fit_calibration(m, y1, groups, task, "valid")
+    assert simple.family == "task_offsets" and not simple.calibration.task_slopes
+    assert simple.out_of_fold.shape == m.shape
+    # a per-task slope that reverses its task's ranking is refused, like a global one
+    assert "reverse" in Calibration(1.0, 0.0, task_slopes={"apply": -1.5}).insanity()
+
+
 def test_out_of_fold_calibration_never_sees_the_scored_members_labels():
     from components.model.calibration import fit_platt, out_of_fold_probabilities
 

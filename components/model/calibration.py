@@ -16,6 +16,14 @@ own amount even when the pooled mean is right. A task without an offset (held ou
 free instruction at serving time) gets the global map: a zero-shot task's labels never
 shape a parameter.
 
+Per-task slopes (``fit_platt(..., task_slopes=True)``): also a slope offset per task
+(shrunk towards the global slope). Why: a distilled student's margins have a scale of
+their own per task (measured on the 2026-12-05 local run's test scores, members cross-fitted:
+the int8 student's ECE 0.027 with offsets only, 0.009 with per-task slopes; the teacher's
+0.009 and 0.014: the extra parameters overfit it). So :func:`fit_calibration` fits both
+families and keeps the one with the lower out-of-fold log loss; a per-task slope that
+would flatten or reverse its task's ranking is refused like a global one.
+
 A calibration must never do harm: the fit is scikit-learn's L2-regularised logistic
 regression (lbfgs) on standardised margins, and a fit that is not finite, not sane
 (:data:`MAX_ABS_SLOPE`, :data:`MAX_ABS_INTERCEPT`, a slope below :data:`MIN_SLOPE`) or no
@@ -65,10 +73,16 @@ class Calibration:
     status: str = "fitted"
     reason: str = ""
     task_offsets: dict[str, float] = field(default_factory=dict)
+    #: per-task slope offsets: a task's slope is ``slope + task_slopes[task]``
+    task_slopes: dict[str, float] = field(default_factory=dict)
+
+    def slope_for(self, task: str | None = None) -> float:
+        """The slope applied to ``task``'s margins (the global one without an offset)."""
+        return self.slope + (self.task_slopes.get(task, 0.0) if task is not None else 0.0)
 
     def logits(self, margins: np.ndarray, task: str | None = None) -> np.ndarray:
-        """Calibrated logits ``slope * margin + intercept (+ the task's offset)``."""
-        return (self.slope * np.asarray(margins, dtype=np.float64) + self.intercept
+        """Calibrated logits ``slope(task) * margin + intercept (+ the task's offset)``."""
+        return (self.slope_for(task) * np.asarray(margins, dtype=np.float64) + self.intercept
                 + (self.task_offsets.get(task, 0.0) if task is not None else 0.0))
 
     def apply(self, margins: np.ndarray, task: str | None = None) -> np.ndarray:
@@ -87,6 +101,11 @@ class Calibration:
         bad = {t: o for t, o in self.task_offsets.items() if not np.isfinite(o) or abs(o) > MAX_ABS_INTERCEPT}
         if bad:
             return f"task offsets {bad} are not finite or outside |offset| <= {MAX_ABS_INTERCEPT:g}"
+        flat = {t: self.slope + o for t, o in self.task_slopes.items()
+                if not np.isfinite(o) or not MIN_SLOPE < self.slope + o <= MAX_ABS_SLOPE}
+        if flat:
+            return (f"task slopes {flat} outside ({MIN_SLOPE:g}, {MAX_ABS_SLOPE:g}]: they would "
+                    f"flatten or reverse those tasks' rankings, or diverge")
         return None
 
     def save(self, model_dir: Path) -> Path:
@@ -124,7 +143,8 @@ def log_loss_of_logits(z: np.ndarray, y: np.ndarray) -> float:
 
 
 def fit_platt(margins: np.ndarray, labels: np.ndarray, fitted_on: str = "",
-              c: float = 1.0, tasks: Sequence[str] | np.ndarray | None = None) -> Calibration:
+              c: float = 1.0, tasks: Sequence[str] | np.ndarray | None = None,
+              task_slopes: bool = False) -> Calibration:
     """Platt calibration of ``labels`` on ``margins``: scikit-learn's ``LogisticRegression``
     (L2, strength ``1 / c``, lbfgs) on standardised margins, mapped back to margin units,
     so the regularisation does not depend on the margins' scale and separable inputs stay
@@ -140,7 +160,9 @@ def fit_platt(margins: np.ndarray, labels: np.ndarray, fitted_on: str = "",
 
     ``tasks`` (one id per margin): also an offset per task, fitted in the same regression
     as one-hot columns (shrunk by the same L2), so the global intercept is the map for a
-    task it has not seen. A task whose candidates are all one class gets no offset."""
+    task it has not seen. A task whose candidates are all one class gets no offset.
+    ``task_slopes`` (with ``tasks``): also a slope offset per such task (the standardised
+    margin times the task's one-hot column, shrunk the same way)."""
     m = np.asarray(margins, dtype=np.float64).ravel()
     y = np.asarray(labels, dtype=np.float64).ravel()
     if m.shape != y.shape or m.size == 0:
@@ -176,7 +198,7 @@ def fit_platt(margins: np.ndarray, labels: np.ndarray, fitted_on: str = "",
         names = sorted(str(k) for k in set(t.tolist()) if 0 < y[t == k].mean() < 1)
         onehot = np.stack([(t == k).astype(np.float64) for k in names], axis=1) if names else None
         if onehot is not None:
-            x = np.concatenate([x, onehot], axis=1)
+            x = np.concatenate([x, onehot] + ([onehot * x[:, :1]] if task_slopes else []), axis=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         model = LogisticRegression(C=c, solver="lbfgs", max_iter=1000)
@@ -184,14 +206,21 @@ def fit_platt(margins: np.ndarray, labels: np.ndarray, fitted_on: str = "",
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
         return identity("lbfgs did not converge")
     w, b = float(model.coef_[0, 0]), float(model.intercept_[0])
-    offsets = {k: float(o) for k, o in zip(names, model.coef_[0, 1:], strict=True)}
-    fit = replace(base, slope=w / sd, intercept=b - w * mu / sd, task_offsets=offsets)
+    k = len(names)
+    # back to margin units: w_t * (m - mu) / sd = (w_t / sd) * m - w_t * mu / sd, where the
+    # task's shift -dw_t * mu / sd joins its offset
+    dws = model.coef_[0, 1 + k:1 + 2 * k] if task_slopes and k else np.zeros(k)
+    offsets = {n: float(o - dw * mu / sd) for n, o, dw in zip(names, model.coef_[0, 1:1 + k], dws, strict=True)}
+    slopes = {n: float(dw / sd) for n, dw in zip(names, dws, strict=True)} if task_slopes else {}
+    fit = replace(base, slope=w / sd, intercept=b - w * mu / sd, task_offsets=offsets,
+                  task_slopes=slopes)
     problem = fit.insanity()
     if problem:
         return identity(f"refused fit: {problem}")
     z = fit.slope * m + fit.intercept
     if offsets:
-        z = z + np.array([offsets.get(str(k), 0.0) for k in np.asarray(tasks, dtype=object).ravel()])
+        tt = [str(x) for x in np.asarray(tasks, dtype=object).ravel()]
+        z = z + np.array([offsets.get(x, 0.0) + slopes.get(x, 0.0) * v for x, v in zip(tt, m, strict=True)])
     calibrated, raw = log_loss_of_logits(z, y), log_loss_of_logits(m, y)
     if calibrated > raw:
         return identity(f"refused fit: log loss {calibrated:.4g} on its own data is worse than "
@@ -201,7 +230,7 @@ def fit_platt(margins: np.ndarray, labels: np.ndarray, fitted_on: str = "",
 
 def out_of_fold_probabilities(margins: np.ndarray, labels: np.ndarray, groups: Sequence[str] | np.ndarray,
                               tasks: Sequence[str] | np.ndarray | None = None, folds: int = 2,
-                              seed: int = 0) -> np.ndarray:
+                              seed: int = 0, task_slopes: bool = False) -> np.ndarray:
     """Calibrated P(yes) of each margin from a :func:`fit_platt` that did not see its group.
 
     Groups (members) are dealt into ``folds`` folds at random (``seed``); each fold is
@@ -226,10 +255,43 @@ def out_of_fold_probabilities(margins: np.ndarray, labels: np.ndarray, groups: S
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CalibrationWarning)
-            cal = (fit_platt(m[train], y[train], f"fold {k}", tasks=None if t is None else t[train])
+            cal = (fit_platt(m[train], y[train], f"fold {k}", tasks=None if t is None else t[train],
+                             task_slopes=task_slopes)
                    if train.any() else Calibration(status="identity"))
         z = cal.logits(m[test])
         if t is not None:
-            z = z + np.array([cal.task_offsets.get(str(x), 0.0) for x in t[test].tolist()])
+            names_t = [str(x) for x in t[test].tolist()]
+            z = z + np.array([cal.task_offsets.get(x, 0.0) for x in names_t]) \
+                + np.array([cal.task_slopes.get(x, 0.0) for x in names_t]) * m[test]
         out[test] = 1.0 / (1.0 + np.exp(-z))
     return out
+
+
+@dataclass(frozen=True)
+class CalibrationChoice:
+    """What :func:`fit_calibration` fitted and why: the saved map, its out-of-fold P(yes)
+    (the numbers a gate may read), and each family's out-of-fold log loss."""
+
+    calibration: Calibration
+    out_of_fold: np.ndarray
+    family: str
+    oof_log_loss: dict[str, float]
+
+
+def fit_calibration(margins: np.ndarray, labels: np.ndarray, groups: Sequence[str] | np.ndarray,
+                    tasks: Sequence[str] | np.ndarray, fitted_on: str = "") -> CalibrationChoice:
+    """Fit both families (``"task_offsets"``: one slope, an intercept per task;
+    ``"task_slopes"``: a slope per task too), score each out of fold by member, and keep the
+    one with the lower out-of-fold log loss (a proper score, so not chosen for its ECE),
+    refitted on all the data. Ties keep the simpler family."""
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    oof = {fam: out_of_fold_probabilities(margins, y, groups, tasks, task_slopes=fam == "task_slopes")
+           for fam in ("task_offsets", "task_slopes")}
+    loss = {fam: log_loss_of_logits(np.log(np.clip(p, 1e-12, 1)) - np.log(np.clip(1 - p, 1e-12, 1)), y)
+            for fam, p in oof.items()}
+    family = "task_slopes" if loss["task_slopes"] < loss["task_offsets"] else "task_offsets"
+    cal = fit_platt(margins, y, fitted_on=fitted_on, tasks=tasks, task_slopes=family == "task_slopes")
+    if family == "task_slopes" and cal.status != "fitted":  # refused on all data: the simpler one
+        family = "task_offsets"
+        cal = fit_platt(margins, y, fitted_on=fitted_on, tasks=tasks)
+    return CalibrationChoice(cal, oof[family], family, loss)
