@@ -189,6 +189,8 @@ def validation_report(ctx: StageContext, model_dir: Path, limit: int,
         cal, oof = choice.calibration, choice.out_of_fold
         for fam, loss in choice.oof_log_loss.items():
             metrics[f"calibration.oof_log_loss.{fam}"] = loss
+            metrics[f"calibration.oof_ece.{fam}"] = float(
+                expected_calibration_error(choice.oof_by_family[fam], fit_y))
         metrics["calibration.task_slopes"] = float(len(cal.task_slopes))
         metrics["valid_ece.trained_out_of_fold"] = float(expected_calibration_error(oof, fit_y))
         # what a calibrated model would show on this many candidates (the ECE's own noise)

@@ -439,8 +439,18 @@ def test_task_slopes_calibrate_tasks_whose_margins_differ_in_scale_and_are_chose
     simple = fit_calibration(m, y1, groups, task, "valid")
     assert simple.family == "task_offsets" and not simple.calibration.task_slopes
     assert simple.out_of_fold.shape == m.shape
-    # a per-task slope that reverses its task's ranking is refused, like a global one
+    # a per-task slope that reverses its task's ranking is refused, like a global one ...
     assert "reverse" in Calibration(1.0, 0.0, task_slopes={"apply": -1.5}).insanity()
+    # ... so a task ranked backwards on these labels gets no slope of its own (refitted on
+    # the global one, or the offsets-only fit when that slope turns negative): the fit
+    # stands, not the identity, and every task's ranking is kept
+    inv = rng.normal(0, 2, 4_000)
+    y_inv = (rng.random(inv.size) < 1 / (1 + np.exp(-(-0.7 * inv - 1.5)))).astype(float)
+    mixed = fit_platt(np.r_[m, inv], np.r_[y, y_inv], "valid", task_slopes=True,
+                      tasks=np.r_[task, np.array(["inverted"] * inv.size, dtype=object)])
+    assert mixed.status == "fitted" and "inverted" not in mixed.task_slopes
+    assert mixed.slope_for("inverted") == mixed.slope > 0 and "inverted" in mixed.task_offsets
+    assert all(mixed.slope_for(k) > 0 for k in ("apply", "dismiss"))
 
 
 def test_out_of_fold_calibration_never_sees_the_scored_members_labels():

@@ -162,7 +162,10 @@ def fit_platt(margins: np.ndarray, labels: np.ndarray, fitted_on: str = "",
     as one-hot columns (shrunk by the same L2), so the global intercept is the map for a
     task it has not seen. A task whose candidates are all one class gets no offset.
     ``task_slopes`` (with ``tasks``): also a slope offset per such task (the standardised
-    margin times the task's one-hot column, shrunk the same way)."""
+    margin times the task's one-hot column, shrunk the same way); a task whose slope would
+    come out at or below :data:`MIN_SLOPE` (its validation ranking inverted) is refitted
+    without one, on the global slope, rather than refusing the whole fit; when the global
+    slope itself then fails the bounds, the offsets-only fit is returned."""
     m = np.asarray(margins, dtype=np.float64).ravel()
     y = np.asarray(labels, dtype=np.float64).ravel()
     if m.shape != y.shape or m.size == 0:
@@ -190,6 +193,7 @@ def fit_platt(margins: np.ndarray, labels: np.ndarray, fitted_on: str = "",
     mu = float(m.mean())
     x = ((m - mu) / sd)[:, None]
     names: list[str] = []
+    onehot = None
     if tasks is not None:
         t = np.asarray(tasks, dtype=object).ravel()
         if t.shape != m.shape:
@@ -197,23 +201,42 @@ def fit_platt(margins: np.ndarray, labels: np.ndarray, fitted_on: str = "",
         # a one-class task would push its offset to the penalty's edge: it gets none
         names = sorted(str(k) for k in set(t.tolist()) if 0 < y[t == k].mean() < 1)
         onehot = np.stack([(t == k).astype(np.float64) for k in names], axis=1) if names else None
-        if onehot is not None:
-            x = np.concatenate([x, onehot] + ([onehot * x[:, :1]] if task_slopes else []), axis=1)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        model = LogisticRegression(C=c, solver="lbfgs", max_iter=1000)
-        model.fit(x, y.astype(np.int64))
-    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-        return identity("lbfgs did not converge")
-    w, b = float(model.coef_[0, 0]), float(model.intercept_[0])
     k = len(names)
-    # back to margin units: w_t * (m - mu) / sd = (w_t / sd) * m - w_t * mu / sd, where the
-    # task's shift -dw_t * mu / sd joins its offset
-    dws = model.coef_[0, 1 + k:1 + 2 * k] if task_slopes and k else np.zeros(k)
-    offsets = {n: float(o - dw * mu / sd) for n, o, dw in zip(names, model.coef_[0, 1:1 + k], dws, strict=True)}
-    slopes = {n: float(dw / sd) for n, dw in zip(names, dws, strict=True)} if task_slopes else {}
-    fit = replace(base, slope=w / sd, intercept=b - w * mu / sd, task_offsets=offsets,
-                  task_slopes=slopes)
+
+    def solve(sloped: list[str]) -> Calibration | str:
+        """The fit with a slope offset for the tasks in ``sloped``, or why lbfgs failed."""
+        cols = [x] + ([onehot] if onehot is not None else [])
+        idx = [names.index(n) for n in sloped]
+        if idx:
+            assert onehot is not None
+            cols.append(onehot[:, idx] * x[:, :1])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            model = LogisticRegression(C=c, solver="lbfgs", max_iter=1000)
+            model.fit(np.concatenate(cols, axis=1), y.astype(np.int64))
+        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+            return "lbfgs did not converge"
+        w, b = float(model.coef_[0, 0]), float(model.intercept_[0])
+        dw = dict(zip(sloped, model.coef_[0, 1 + k:], strict=True))
+        # back to margin units: dw_t * (m - mu) / sd = (dw_t / sd) * m - dw_t * mu / sd, the
+        # task's shift joining its offset
+        offsets = {n: float(o - dw.get(n, 0.0) * mu / sd) for n, o in zip(names, model.coef_[0, 1:1 + k], strict=True)}
+        return replace(base, slope=w / sd, intercept=b - w * mu / sd, task_offsets=offsets,
+                       task_slopes={n: float(v / sd) for n, v in dw.items()})
+
+    sloped = list(names) if task_slopes else []
+    while True:
+        fit = solve(sloped)
+        if isinstance(fit, str):
+            return identity(fit)
+        # a task whose own slope would flatten or reverse its ranking shares the global one
+        flat = [n for n, v in fit.task_slopes.items() if fit.slope + v <= MIN_SLOPE]
+        if not flat:
+            break
+        sloped = [n for n in sloped if n not in flat]
+    if task_slopes and fit.insanity():  # e.g. the global slope pulled below 0: offsets only
+        return fit_platt(m, y, fitted_on, c, tasks, task_slopes=False)
+    offsets, slopes = fit.task_offsets, fit.task_slopes
     problem = fit.insanity()
     if problem:
         return identity(f"refused fit: {problem}")
@@ -270,12 +293,13 @@ def out_of_fold_probabilities(margins: np.ndarray, labels: np.ndarray, groups: S
 @dataclass(frozen=True)
 class CalibrationChoice:
     """What :func:`fit_calibration` fitted and why: the saved map, its out-of-fold P(yes)
-    (the numbers a gate may read), and each family's out-of-fold log loss."""
+    (the numbers a gate may read), and each family's out-of-fold P(yes) and log loss."""
 
     calibration: Calibration
     out_of_fold: np.ndarray
     family: str
     oof_log_loss: dict[str, float]
+    oof_by_family: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def fit_calibration(margins: np.ndarray, labels: np.ndarray, groups: Sequence[str] | np.ndarray,
@@ -294,4 +318,4 @@ def fit_calibration(margins: np.ndarray, labels: np.ndarray, groups: Sequence[st
     if family == "task_slopes" and cal.status != "fitted":  # refused on all data: the simpler one
         family = "task_offsets"
         cal = fit_platt(margins, y, fitted_on=fitted_on, tasks=tasks)
-    return CalibrationChoice(cal, oof[family], family, loss)
+    return CalibrationChoice(cal, oof[family], family, loss, oof)
