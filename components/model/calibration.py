@@ -21,8 +21,10 @@ Per-task slopes (``fit_platt(..., task_slopes=True)``): also a slope offset per 
 their own per task (measured on the 2026-12-05 local run's test scores, members cross-fitted:
 the int8 student's ECE 0.027 with offsets only, 0.009 with per-task slopes; the teacher's
 0.009 and 0.014: the extra parameters overfit it). So :func:`fit_calibration` fits both
-families and keeps the one with the lower out-of-fold log loss; a per-task slope that
-would flatten or reverse its task's ranking is refused like a global one.
+families and keeps the one with the lower out-of-fold log loss. A task whose own slope
+would flatten or reverse its ranking shares the global slope instead, and when the global
+slope then fails its bounds the offsets-only fit is used: calibration never reverses a
+task's ranking.
 
 A calibration must never do harm: the fit is scikit-learn's L2-regularised logistic
 regression (lbfgs) on standardised margins, and a fit that is not finite, not sane
